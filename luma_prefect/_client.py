@@ -1,0 +1,492 @@
+"""`LumaClient`: one pooled async HTTP client that speaks every relay style."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from luma_prefect._config import RetryPolicy, parse_retry_after
+from luma_prefect._exceptions import (
+    LumaAuthError,
+    LumaConfigurationError,
+    LumaError,
+    LumaHTTPError,
+    LumaNotFoundError,
+    LumaProtocolError,
+    LumaRateLimitError,
+    LumaRequestError,
+    LumaServerError,
+    LumaSubmitUncertainError,
+    LumaTransportError,
+)
+from luma_prefect._models import ApiStyle, Generation, GenerationRequest
+from luma_prefect._parsing import error_info, parse_generation, parse_generations
+from luma_prefect._routes import Route, StyleRoutes, check_generation_id, normalise_prefix
+
+__all__ = ["LumaClient"]
+
+logger = logging.getLogger("luma_prefect.client")
+
+Sleep = Callable[[float], Awaitable[None]]
+
+_USER_AGENT = "luma-prefect/0.1"
+_SUCCESS_CODES = {"success", "0", "200"}
+# Failures that prove the request never left this machine: safe to retry even a paid POST.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+class _BearerAuth(httpx.Auth):
+    """Adds the key per request, so it never sits in the client's default headers or repr."""
+
+    def __init__(self, api_key: SecretStr, extra_headers: Mapping[str, SecretStr]) -> None:
+        self._api_key = api_key
+        self._extra_headers = extra_headers
+
+    def auth_flow(self, request: httpx.Request) -> Any:
+        for name, value in self._extra_headers.items():
+            request.headers[name] = value.get_secret_value()
+        request.headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
+        yield request
+
+
+class LumaClient:
+    """Async client for a Luma relay, in any of the three relay styles.
+
+    One pooled `httpx.AsyncClient` underneath. Reads are retried on connection errors,
+    timeouts, 429 and 5xx with exponential backoff and jitter, honouring `Retry-After`.
+    Submits and extends are retried only when the request certainly did not reach the relay
+    (a failure to connect) or was refused with 429: any other retry could pay twice.
+
+    Example:
+        ```python
+        async with LumaClient("https://relay.example", "sk-...") as client:
+            generation = await client.submit_generation(GenerationRequest(prompt="cat dance"))
+            generation = await client.get_generation(generation.id)
+        ```
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: SecretStr | str,
+        *,
+        api_style: ApiStyle = "generations",
+        route_prefix: str = "/luma",
+        timeout_seconds: float = 30.0,
+        max_connections: int = 20,
+        extra_headers: Mapping[str, SecretStr | str] | None = None,
+        retry: RetryPolicy | None = None,
+        batch_size: int = 50,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Sleep | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        base_url = (base_url or "").strip().rstrip("/")
+        if not base_url.lower().startswith(("http://", "https://")):
+            raise LumaConfigurationError(
+                f"base_url must start with http:// or https:// (got {base_url[:60]!r})."
+            )
+        if timeout_seconds <= 0 or max_connections < 1 or batch_size < 1:
+            raise LumaConfigurationError(
+                "timeout_seconds must be > 0, and max_connections and batch_size >= 1."
+            )
+        self.base_url = base_url
+        self.api_style: ApiStyle = api_style
+        self.routes = StyleRoutes(api_style, normalise_prefix(route_prefix))
+        self.retry = retry or RetryPolicy()
+        self.batch_size = batch_size
+        self.max_connections = max_connections
+        self._sleep: Sleep = sleep or asyncio.sleep
+        self._rng = rng or random.Random()
+        self._batch_supported = self.routes.batch() is not None
+        key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
+        secrets = {
+            name: value if isinstance(value, SecretStr) else SecretStr(value)
+            for name, value in (extra_headers or {}).items()
+        }
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            auth=_BearerAuth(key, secrets),
+            headers={"User-Agent": _USER_AGENT, "Accept": "application/json"},
+            timeout=httpx.Timeout(timeout_seconds, connect=min(timeout_seconds, 10.0)),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            transport=transport,
+        )
+
+    def __repr__(self) -> str:
+        return f"LumaClient(base_url={self.base_url!r}, api_style={self.api_style!r})"
+
+    async def __aenter__(self) -> LumaClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool.
+
+        Example:
+            ```python
+            client = credentials.get_client()
+            try:
+                ...
+            finally:
+                await client.aclose()
+            ```
+        """
+        await self._http.aclose()
+
+    @property
+    def batch_supported(self) -> bool:
+        """False once the relay showed it has no batch route (remembered for this client).
+
+        Example:
+            ```python
+            if not client.batch_supported:
+                print("querying one by one")
+            ```
+        """
+        return self._batch_supported
+
+    async def get_generation(self, generation_id: str) -> Generation:
+        """The current state of one generation.
+
+        Example:
+            ```python
+            generation = await client.get_generation("4665a07c-7641-4809-a133-10786201bb56")
+            ```
+        """
+        generation_id = check_generation_id(generation_id)
+        route = self.routes.query(generation_id)
+        body = await self._send(route, f"Querying generation {generation_id}", generation_id)
+        return self._parse_one(body, generation_id)
+
+    async def find_generations(self, generation_ids: Iterable[str]) -> dict[str, Generation]:
+        """The generations the relay knows among `generation_ids`, by id; unknown ids left out.
+
+        Uses the batch route in chunks of `batch_size` where the style has one; where it has
+        none, or the relay answers 404/405 to it, bounded concurrent single queries.
+
+        Example:
+            ```python
+            found = await client.find_generations(ids)
+            missing = [i for i in ids if i not in found]
+            ```
+        """
+        ids = list(dict.fromkeys(check_generation_id(i) for i in generation_ids))
+        found: dict[str, Generation] = {}
+        if self._batch_supported and ids:
+            chunks = [ids[i : i + self.batch_size] for i in range(0, len(ids), self.batch_size)]
+            gate = asyncio.Semaphore(self.max_connections)
+            answers = await asyncio.gather(
+                *(self._query_chunk(chunk, gate) for chunk in chunks), return_exceptions=True
+            )
+            for answer in answers:
+                if isinstance(answer, BaseException) and not _no_batch_route(answer):
+                    raise answer
+                if isinstance(answer, dict):
+                    found.update(answer)
+        if not self._batch_supported:
+            missing = [i for i in ids if i not in found]
+            found.update(await self._query_singly(missing))
+        return {i: found[i] for i in ids if i in found}
+
+    async def get_generations(self, generation_ids: Iterable[str]) -> list[Generation]:
+        """The generations asked for, in the order asked; `LumaNotFoundError` if any is unknown.
+
+        Example:
+            ```python
+            first, second = await client.get_generations([first_id, second_id])
+            ```
+        """
+        ids = [check_generation_id(i) for i in generation_ids]
+        found = await self.find_generations(ids)
+        missing = [i for i in ids if i not in found]
+        if missing:
+            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise LumaNotFoundError(
+                f"The relay does not know {len(missing)} of the {len(ids)} generations asked "
+                f"for: {shown}. Check the ids and that the credentials point at the relay "
+                "that created them.",
+                status_code=404,
+                generation_id=missing[0],
+            )
+        return [found[i] for i in ids]
+
+    async def submit_generation(self, request: GenerationRequest) -> Generation:
+        """Create a generation: a paid request, never retried once it may have been received.
+
+        Example:
+            ```python
+            generation = await client.submit_generation(GenerationRequest(prompt="a fox"))
+            ```
+        """
+        body = await self._send(
+            self.routes.submit(),
+            "Submitting a generation",
+            None,
+            json=request.to_wire(self.api_style),
+            paid=True,
+        )
+        return self._parse_one(body, None, paid=True)
+
+    async def extend_generation(self, generation_id: str, request: GenerationRequest) -> Generation:
+        """Continue a completed generation by about 5 s: a new, paid generation.
+
+        In the official style this is a submit whose first keyframe is the generation.
+
+        Example:
+            ```python
+            longer = await client.extend_generation(done.id, GenerationRequest(prompt="more"))
+            ```
+        """
+        generation_id = check_generation_id(generation_id)
+        body = await self._send(
+            self.routes.extend(generation_id),
+            f"Extending generation {generation_id}",
+            generation_id,
+            json=request.to_wire(self.api_style, extend_id=generation_id),
+            paid=True,
+        )
+        return self._parse_one(body, None, paid=True)
+
+    async def get_download_url(self, generation_id: str) -> str:
+        """A fresh no-watermark video link for a completed generation.
+
+        Call it only when the generation has no `video.download_url`; the official style has
+        no such route, so there it re-reads the generation's video link.
+
+        Example:
+            ```python
+            url = await client.get_download_url(generation.id)
+            ```
+        """
+        generation_id = check_generation_id(generation_id)
+        route = self.routes.download_url(generation_id)
+        if route is None:
+            url = (await self.get_generation(generation_id)).best_video_url
+        else:
+            body = await self._send(
+                route, f"Asking the video link of generation {generation_id}", generation_id
+            )
+            if isinstance(body, Mapping) and isinstance(body.get("data"), Mapping):
+                body = body["data"]
+            url = body.get("url") if isinstance(body, Mapping) else None
+        if not isinstance(url, str) or not url:
+            raise LumaProtocolError(
+                f"The relay gave no video link for generation {generation_id}; it may not be "
+                "completed yet.",
+                generation_id=generation_id,
+                body_excerpt=None,
+            )
+        return url
+
+    async def _query_chunk(
+        self, chunk: list[str], gate: asyncio.Semaphore
+    ) -> dict[str, Generation]:
+        route = self.routes.batch()
+        assert route is not None
+        async with gate:
+            if not self._batch_supported:
+                return {}
+            try:
+                body = await self._send(
+                    route, f"Batch query of {len(chunk)} generations", None, json={"ids": chunk}
+                )
+            except LumaHTTPError as exc:
+                if _no_batch_route(exc):
+                    if self._batch_supported:
+                        logger.info("The relay has no batch route; querying one by one.")
+                    self._batch_supported = False
+                raise
+        wanted = set(chunk)
+        return {g.id: g for g in parse_generations(body) if g.id in wanted}
+
+    async def _query_singly(self, ids: list[str]) -> dict[str, Generation]:
+        gate = asyncio.Semaphore(self.max_connections)
+
+        async def one(generation_id: str) -> Generation | None:
+            async with gate:
+                try:
+                    return await self.get_generation(generation_id)
+                except LumaNotFoundError:
+                    return None
+
+        answers = await asyncio.gather(*(one(i) for i in ids))
+        return {g.id: g for g in answers if g is not None}
+
+    async def _send(
+        self,
+        route: Route,
+        action: str,
+        generation_id: str | None,
+        *,
+        json: Any = None,
+        paid: bool = False,
+    ) -> Any:
+        """One logical call with its retries; the parsed JSON body, or a `LumaError`."""
+        retry_number = 0
+        while True:
+            started = time.monotonic()
+            retry_after: float | None = None
+            try:
+                response = await self._http.request(
+                    route.method, route.path, params=route.params, json=json
+                )
+            except httpx.TransportError as exc:
+                error: LumaError = self._transport_error(exc, action, generation_id, paid)
+                retryable = not paid or isinstance(exc, _NOT_SENT)
+            else:
+                logger.debug(
+                    "%s %s -> %s in %.3f s",
+                    route.method,
+                    route.path,
+                    response.status_code,
+                    time.monotonic() - started,
+                )
+                try:
+                    return _read_body(response, action, generation_id, paid)
+                except LumaRateLimitError as exc:
+                    error, retryable, retry_after = exc, True, exc.retry_after
+                except LumaServerError as exc:
+                    error, retryable = exc, not paid
+            retry_number += 1
+            if not retryable or retry_number > self.retry.max_retries:
+                raise error
+            delay = self.retry.delay(retry_number, retry_after, self._rng)
+            logger.debug("%s: retry %d in %.2f s after: %s", action, retry_number, delay, error)
+            await self._sleep(delay)
+
+    def _transport_error(
+        self, exc: httpx.TransportError, action: str, generation_id: str | None, paid: bool
+    ) -> LumaTransportError:
+        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if paid and not isinstance(exc, _NOT_SENT):
+            return LumaSubmitUncertainError(
+                f"{action} broke after the request may have reached the relay ({what}). It "
+                "was not retried, so as not to pay for a second generation: look at the "
+                f"relay's task list at {self.base_url} before submitting again.",
+                generation_id=generation_id,
+            )
+        return LumaTransportError(
+            f"{action} failed: could not talk to the relay at {self.base_url} ({what}). "
+            "Check base_url and the network, then try again.",
+            generation_id=generation_id,
+        )
+
+    def _parse_one(self, body: Any, generation_id: str | None, paid: bool = False) -> Generation:
+        try:
+            return parse_generation(body)
+        except LumaProtocolError as exc:
+            exc.generation_id = exc.generation_id or generation_id
+            if paid:
+                exc.message = exc.args[0] + _PAID_BUT_UNREADABLE
+                exc.args = (exc.message,)
+            raise
+
+
+_PAID_BUT_UNREADABLE = (
+    " The relay accepted the submit (HTTP 2xx), so a paid generation probably exists: find "
+    "its id in the relay's task list rather than submitting again."
+)
+
+
+def _no_batch_route(exc: BaseException) -> bool:
+    return isinstance(exc, LumaHTTPError) and exc.status_code in (404, 405)
+
+
+def _read_body(response: httpx.Response, action: str, generation_id: str | None, paid: bool) -> Any:
+    """The JSON body of a successful answer; raise the right `LumaError` for any other."""
+    status = response.status_code
+    try:
+        body: Any = json.loads(response.content) if response.content else None
+        is_json = True
+    except ValueError:
+        body, is_json = response.text, False
+    if status < 400 and not _is_error_envelope(body):
+        if is_json and body is not None:
+            return body
+        raise LumaProtocolError(
+            f"{action}: the relay answered HTTP {status} with a body that is not JSON "
+            f"({response.headers.get('content-type', 'no content type')}). The relay may be "
+            "overloaded or its address wrong; try again later.",
+            generation_id=generation_id,
+            status_code=status,
+            body_excerpt=str(body)[:200] if body is not None else None,
+        )
+    info = error_info(body, response.headers)
+    words = f"{info.code or ''} {info.message or ''}".lower()
+    error_class: type[LumaHTTPError]
+    if "not_exist" in words or "not exist" in words or status == 404:
+        error_class = LumaNotFoundError
+    elif status in (401, 403):
+        error_class = LumaAuthError
+    elif status == 429:
+        error_class = LumaRateLimitError
+    elif status >= 500:
+        error_class = LumaServerError
+    elif status >= 400:
+        error_class = LumaRequestError
+    # An error inside an HTTP 200: refusals of the request or the key, else relay trouble.
+    elif any(word in words for word in ("token", "unauthor", "quota", "api key")):
+        error_class = LumaAuthError
+    elif any(word in words for word in ("invalid", "param", "bad_request", "prompt")):
+        error_class = LumaRequestError
+    else:
+        error_class = LumaServerError
+    shown_status = f"HTTP {status}" + (f" code {info.code!r}" if status < 400 else "")
+    said = f": {info.message}" if info.message else ""
+    request_id = f" (request id {info.request_id})" if info.request_id else ""
+    message = f"{action} failed with {shown_status}{said}{request_id}. " + _hint(error_class, paid)
+    kwargs: dict[str, Any] = {
+        "status_code": status,
+        "relay_message": info.message,
+        "relay_code": info.code,
+        "request_id": info.request_id,
+        "generation_id": generation_id,
+    }
+    if error_class is LumaRateLimitError:
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        raise LumaRateLimitError(message, retry_after=retry_after, **kwargs)
+    raise error_class(message, **kwargs)
+
+
+def _hint(error_class: type[LumaHTTPError], paid: bool) -> str:
+    if error_class is LumaAuthError:
+        return (
+            "The relay refused the key: check api_key in the LumaRelayCredentials block "
+            "(wrong, expired, or out of credit)."
+        )
+    if error_class is LumaNotFoundError:
+        return (
+            "Check the id, and that base_url, api_style and route_prefix point at the relay "
+            "that created it (right after a submit, try again in a few seconds)."
+        )
+    if error_class is LumaRateLimitError:
+        return "The relay is rate limiting: slow down, or try again later."
+    if error_class is LumaServerError and paid:
+        return (
+            "The submit was not retried: the relay may still have created the generation, so "
+            "look at its task list before submitting again."
+        )
+    if error_class is LumaServerError:
+        return "Trouble on the relay's side, usually passing: try again later."
+    return "Fix the request as the relay says, then submit again."
+
+
+def _is_error_envelope(body: Any) -> bool:
+    if not isinstance(body, Mapping) or "code" not in body:
+        return False
+    if not ("message" in body or "data" in body or "msg" in body):
+        return False
+    return str(body["code"]).strip().lower() not in _SUCCESS_CODES

@@ -1,0 +1,23 @@
+"""Shared test set-up: quiet Prefect, one embedded Prefect API per session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+# Before Prefect is imported anywhere: no telemetry (it logs a network error offline).
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+FIXTURES_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """Prefect's embedded API with a temporary database, started once for the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
