@@ -1,0 +1,423 @@
+"""The wait engine: poll one generation or thousands until each reaches a wanted state.
+
+One call of `wait_for_generations` is one wait, however many polls it makes: the Prefect
+tasks wrap it in a single task run. Many ids are polled together through the client's batch
+route (`find_generations`), so a round costs about `ceil(N / batch_size)` requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from luma_prefect._client import LumaClient
+from luma_prefect._exceptions import (
+    LumaAuthError,
+    LumaConfigurationError,
+    LumaError,
+    LumaGenerationFailed,
+    LumaNotFoundError,
+    LumaProtocolError,
+    LumaRateLimitError,
+    LumaServerError,
+    LumaTransportError,
+    LumaWaitTimeout,
+)
+from luma_prefect._models import Generation, GenerationState, VideoAsset
+from luma_prefect._routes import check_generation_id
+
+__all__ = ["Clock", "SystemClock", "WaitSettings", "normalise_states", "wait_for_generations"]
+
+# A failed round of polling that may pass: absorbed by the error budget.
+_TRANSIENT = (LumaServerError, LumaTransportError, LumaProtocolError, LumaRateLimitError)
+# Per-id logging stops being useful (and costs the Prefect API) on large batches.
+_LOG_EACH_ID_UP_TO = 25
+
+
+class Clock(Protocol):
+    """Time as the engine sees it; tests inject a fake one to wait 30 minutes in milliseconds.
+
+    Example:
+        ```python
+        class FakeClock:
+            now = 0.0
+            def monotonic(self) -> float:
+                return self.now
+            async def sleep(self, seconds: float) -> None:
+                self.now += seconds
+        ```
+    """
+
+    def monotonic(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    """The real monotonic clock and `asyncio.sleep` (cancellable at once).
+
+    Example:
+        ```python
+        await wait_for_generations(client, ids, WaitSettings(), clock=SystemClock())
+        ```
+    """
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+def normalise_states(until: Iterable[str | GenerationState] | str) -> frozenset[GenerationState]:
+    """Target states from names or `GenerationState` values; unknown names are refused.
+
+    Example:
+        ```python
+        normalise_states(["processing", GenerationState.COMPLETED])
+        ```
+    """
+    words = [until] if isinstance(until, (str, GenerationState)) else list(until)
+    states = set()
+    for word in words:
+        try:
+            states.add(GenerationState(word))
+        except ValueError:
+            allowed = ", ".join(s.value for s in GenerationState)
+            raise LumaConfigurationError(
+                f"until={word!r} is not a state: use any of {allowed}."
+            ) from None
+    if not states:
+        raise LumaConfigurationError("until needs at least one state, e.g. ('completed',).")
+    return frozenset(states)
+
+
+@dataclass(frozen=True)
+class WaitSettings:
+    """How a wait polls, and how long it bears with trouble.
+
+    Attributes:
+        until: the states that end the wait successfully.
+        timeout_seconds: the deadline, on a monotonic clock; one last poll is made at it.
+        poll_interval_seconds: the first interval; it grows by `backoff_factor` per round.
+        max_poll_interval_seconds: the longest interval between two polls.
+        backoff_factor: growth of the interval per round without change.
+        not_found_grace_seconds: a generation the relay does not know yet (a 404 right
+            after submit) is polled for this long before the wait gives up on it.
+        max_consecutive_errors: failed rounds in a row (5xx, timeouts, dropped connections,
+            malformed bodies) before the wait gives up.
+        max_error_seconds: the longest stretch of failed rounds before the wait gives up.
+        link_grace_polls: extra polls for a `completed` generation that has no video link yet.
+
+    Example:
+        ```python
+        WaitSettings(until=normalise_states(["completed"]), timeout_seconds=900)
+        ```
+    """
+
+    until: frozenset[GenerationState] = frozenset({GenerationState.COMPLETED})
+    timeout_seconds: float = 1800.0
+    poll_interval_seconds: float = 5.0
+    max_poll_interval_seconds: float = 30.0
+    backoff_factor: float = 1.5
+    not_found_grace_seconds: float = 60.0
+    max_consecutive_errors: int = 10
+    max_error_seconds: float = 300.0
+    link_grace_polls: int = 3
+
+    def __post_init__(self) -> None:
+        if self.poll_interval_seconds <= 0 or self.timeout_seconds <= 0:
+            raise LumaConfigurationError(
+                "poll_interval_seconds and timeout_seconds must be positive."
+            )
+        if self.max_poll_interval_seconds < self.poll_interval_seconds:
+            raise LumaConfigurationError(
+                "max_poll_interval_seconds must be at least poll_interval_seconds."
+            )
+        if self.backoff_factor < 1:
+            raise LumaConfigurationError("backoff_factor must be at least 1.")
+
+
+ProgressCallback = Callable[[int, int], Awaitable[None]]
+
+
+@dataclass
+class _Tracked:
+    """What the engine knows of one id during a wait."""
+
+    generation_id: str
+    last: Generation | None = None
+    link_polls: int = 0
+    warned_words: set[str] = field(default_factory=set)
+
+
+async def wait_for_generations(
+    client: LumaClient,
+    generation_ids: Sequence[str],
+    settings: WaitSettings,
+    *,
+    clock: Clock | None = None,
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+    on_progress: ProgressCallback | None = None,
+    return_when: Literal["all", "first"] = "all",
+) -> dict[str, Generation | LumaError]:
+    """Poll until every id reached a state in `settings.until`, failed, or ran out of time.
+
+    With `return_when="first"` it returns after the first round in which any id settled,
+    with only the settled ids: callers process those and wait again for the rest.
+
+    Returns, per id, the `Generation` that reached a target, or the `LumaError` that ended
+    its wait (`LumaGenerationFailed`, `LumaWaitTimeout`, `LumaNotFoundError`, or the error
+    that exhausted the error budget). One id's failure never loses another's result.
+    `LumaAuthError` ends the whole wait at once, raised.
+
+    Example:
+        ```python
+        async with credentials.get_client() as client:
+            results = await wait_for_generations(client, ids, WaitSettings(timeout_seconds=600))
+        done = [r for r in results.values() if isinstance(r, Generation)]
+        ```
+    """
+    clock = clock or SystemClock()
+    log = logger or logging.getLogger("luma_prefect.wait")
+    ids = list(dict.fromkeys(check_generation_id(i) for i in generation_ids))
+    pending = {i: _Tracked(i) for i in ids}
+    results: dict[str, Generation | LumaError] = {}
+    log_each = len(ids) <= _LOG_EACH_ID_UP_TO
+    started = clock.monotonic()
+    deadline = started + settings.timeout_seconds
+    interval = settings.poll_interval_seconds
+    errors_in_row, first_error_at = 0, None
+
+    while pending:
+        now = clock.monotonic()
+        last_round = now >= deadline
+        retry_after: float | None = None
+        try:
+            found = await _poll(client, list(pending))
+        except LumaAuthError:
+            raise
+        except _TRANSIENT as exc:
+            errors_in_row += 1
+            first_error_at = now if first_error_at is None else first_error_at
+            retry_after = exc.retry_after if isinstance(exc, LumaRateLimitError) else None
+            log.debug("Polling %d generation(s) failed: %s", len(pending), exc)
+            if (
+                errors_in_row >= settings.max_consecutive_errors
+                or now - first_error_at >= settings.max_error_seconds
+            ):
+                _give_up(pending, results, exc, errors_in_row)
+                break
+        else:
+            errors_in_row, first_error_at = 0, None
+            elapsed = now - started
+            changed = await _absorb(
+                client, pending, results, found, settings, elapsed, log, log_each
+            )
+            if changed:
+                interval = settings.poll_interval_seconds
+                if on_progress is not None:
+                    await on_progress(len(results), len(ids))
+            if not log_each and changed:
+                log.info(_summary(pending, results, elapsed))
+        if not pending or (return_when == "first" and results):
+            break
+        if last_round:
+            for tracked in pending.values():
+                results[tracked.generation_id] = LumaWaitTimeout(
+                    tracked.generation_id,
+                    timeout_seconds=settings.timeout_seconds,
+                    generation=tracked.last,
+                    until=tuple(sorted(s.value for s in settings.until)),
+                )
+            break
+        delay = _next_delay(pending.values(), interval, settings, retry_after, errors_in_row)
+        interval = min(interval * settings.backoff_factor, settings.max_poll_interval_seconds)
+        await clock.sleep(max(min(delay, deadline - clock.monotonic()), 0.0))
+    return {i: results[i] for i in ids if i in results}
+
+
+async def _poll(client: LumaClient, ids: list[str]) -> dict[str, Generation]:
+    if len(ids) == 1:
+        try:
+            return {ids[0]: await client.get_generation(ids[0])}
+        except LumaNotFoundError:
+            return {}
+    return await client.find_generations(ids)
+
+
+async def _absorb(
+    client: LumaClient,
+    pending: dict[str, _Tracked],
+    results: dict[str, Generation | LumaError],
+    found: dict[str, Generation],
+    settings: WaitSettings,
+    elapsed: float,
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    log_each: bool,
+) -> bool:
+    """Take one round's answers in; True when any id changed state or left the wait."""
+    changed = False
+    for generation_id, tracked in list(pending.items()):
+        generation = found.get(generation_id)
+        if generation is None:
+            if tracked.last is None and elapsed >= settings.not_found_grace_seconds:
+                results[generation_id] = LumaNotFoundError(
+                    f"The relay still does not know generation {generation_id} after "
+                    f"{elapsed:.0f} s. Check the id and the credentials' relay.",
+                    status_code=404,
+                    generation_id=generation_id,
+                )
+                del pending[generation_id]
+                changed = True
+            continue
+        previous = tracked.last.state if tracked.last else None
+        if generation.state is not previous:
+            changed = True
+            _log_change(log, log_each, generation, previous, elapsed, tracked)
+        tracked.last = generation
+        if generation.state in settings.until:
+            if generation.state is GenerationState.COMPLETED:
+                generation = await _with_video_link(client, generation, tracked, settings, log)
+                if generation is None:
+                    continue
+            results[generation_id] = generation
+        elif generation.state is GenerationState.FAILED:
+            results[generation_id] = LumaGenerationFailed(generation)
+        else:
+            continue
+        del pending[generation_id]
+        changed = True
+    return changed
+
+
+async def _with_video_link(
+    client: LumaClient,
+    generation: Generation,
+    tracked: _Tracked,
+    settings: WaitSettings,
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+) -> Generation | None:
+    """A completed generation with a no-watermark link where the relay can give one.
+
+    None asks for another poll (the link may come a little later); after
+    `link_grace_polls` the generation is handed on with whatever link it has.
+    """
+    video = generation.video
+    if (generation.video_raw and generation.video_raw.url) or (video and video.download_url):
+        return generation
+    try:
+        url = await client.get_download_url(generation.id)
+    except LumaError as exc:
+        if isinstance(exc, LumaAuthError):
+            raise
+        tracked.link_polls += 1
+        if tracked.link_polls <= settings.link_grace_polls:
+            log.debug(
+                "Generation %s is completed but has no video link yet: %s", generation.id, exc
+            )
+            return None
+        log.warning(
+            "Generation %s is completed but the relay gave no no-watermark link (%s); "
+            "handing it on with the link it has.",
+            generation.id,
+            exc,
+        )
+        return generation
+    base = video or VideoAsset()
+    return generation.model_copy(update={"video": base.model_copy(update={"download_url": url})})
+
+
+def _next_delay(
+    pending: Iterable[_Tracked],
+    interval: float,
+    settings: WaitSettings,
+    retry_after: float | None,
+    errors_in_row: int,
+) -> float:
+    if errors_in_row:
+        # Back off harder while the relay is in trouble, but never past the max interval.
+        interval = min(
+            settings.poll_interval_seconds * 2 ** (errors_in_row - 1),
+            settings.max_poll_interval_seconds,
+        )
+    estimates = [
+        t.last.estimate_wait_seconds
+        for t in pending
+        if t.last is not None and t.last.estimate_wait_seconds is not None
+    ]
+    if estimates and not errors_in_row:
+        # The relay's own estimate beats our guess, within our bounds.
+        interval = min(
+            max(min(estimates), settings.poll_interval_seconds),
+            settings.max_poll_interval_seconds,
+        )
+    return max(interval, retry_after or 0.0)
+
+
+def _give_up(
+    pending: dict[str, _Tracked],
+    results: dict[str, Generation | LumaError],
+    error: LumaError,
+    errors_in_row: int,
+) -> None:
+    """End every pending id with a copy of the error that exhausted the budget."""
+    for generation_id in list(pending):
+        gave_up = copy.copy(error)
+        gave_up.generation_id = generation_id
+        gave_up.message = (
+            f"Gave up waiting for generation {generation_id} after {errors_in_row} failed "
+            f"poll(s) in a row. The last: {error.message} The generation is not lost: "
+            "collect it later by its id."
+        )
+        gave_up.args = (gave_up.message,)
+        results[generation_id] = gave_up
+        del pending[generation_id]
+
+
+def _log_change(
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    log_each: bool,
+    generation: Generation,
+    previous: GenerationState | None,
+    elapsed: float,
+    tracked: _Tracked,
+) -> None:
+    word = generation.raw_state or "?"
+    if generation.state is GenerationState.UNKNOWN and word not in tracked.warned_words:
+        tracked.warned_words.add(word)
+        log.warning(
+            "Generation %s: the relay says %r, a state luma_prefect does not know; "
+            "treating it as not finished and polling on.",
+            generation.id,
+            word,
+        )
+        return
+    level = logging.INFO if log_each else logging.DEBUG
+    was = f" (was {previous.value})" if previous else ""
+    log.log(
+        level,
+        "Generation %s is %s%s after %.1f s.",
+        generation.id,
+        generation.state.value,
+        was,
+        elapsed,
+    )
+
+
+def _summary(
+    pending: dict[str, _Tracked], results: dict[str, Generation | LumaError], elapsed: float
+) -> str:
+    counts: dict[str, int] = {}
+    for tracked in pending.values():
+        state = tracked.last.state.value if tracked.last else "not seen yet"
+        counts[state] = counts.get(state, 0) + 1
+    done = sum(isinstance(r, Generation) for r in results.values())
+    ended = len(results) - done
+    waiting = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "none"
+    return f"After {elapsed:.0f} s: {done} done, {ended} ended otherwise; waiting: {waiting}."
