@@ -59,7 +59,9 @@ class RetryPolicy:
             return min(max(retry_after, 0.0), self.max_retry_after_seconds)
         base = min(self.backoff_seconds * 2 ** max(retry_number - 1, 0), self.max_backoff_seconds)
         spread = base * self.jitter
-        return max(0.0, base + (rng or random).uniform(-spread, spread))
+        # Jitter spreads the delay but never past the cap (max_backoff_seconds is the longest).
+        jittered = base + (rng or random).uniform(-spread, spread)
+        return min(max(0.0, jittered), self.max_backoff_seconds)
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:

@@ -47,14 +47,17 @@ def read_body(response: httpx.Response, action: str, generation_id: str | None, 
     info = error_info(body, response.headers)
     words = f"{info.code or ''} {info.message or ''}".lower()
     error_class: type[LumaHTTPError]
-    if "not_exist" in words or "not exist" in words or status == 404:
-        error_class = LumaNotFoundError
-    elif status in (401, 403):
+    # The status decides first: a 401 saying "token does not exist" is a key problem.
+    if status in (401, 403):
         error_class = LumaAuthError
+    elif status == 404:
+        error_class = LumaNotFoundError
     elif status == 429:
         error_class = LumaRateLimitError
     elif status >= 500:
         error_class = LumaServerError
+    elif "not_exist" in words or "not exist" in words:
+        error_class = LumaNotFoundError
     elif status >= 400:
         error_class = LumaRequestError
     # An error inside an HTTP 200: refusals of the request or the key, else relay trouble.

@@ -1,0 +1,63 @@
+"""Shared helpers of the foundation tests: the shared fixtures, a mocked relay, quick clients."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import respx
+
+from luma_prefect import LumaClient
+
+FIXTURES_DIR = Path(__file__).parents[3] / "shared" / "fixtures"
+BASE_URL = "https://relay.example"
+API_KEY = "sk-SECRET-123"
+
+
+@pytest.fixture
+def load_fixture() -> Callable[[str], Any]:
+    """Read one JSON file of /work/shared/fixtures."""
+
+    def load(name: str) -> Any:
+        return json.loads((FIXTURES_DIR / name).read_text(encoding="utf-8"))
+
+    return load
+
+
+@pytest.fixture
+def relay() -> Iterator[respx.MockRouter]:
+    """A mocked relay at BASE_URL; any request to an unmocked route fails the test."""
+    with respx.mock(base_url=BASE_URL, assert_all_called=False) as router:
+        yield router
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    """The delays a client asked to sleep, in order (nothing really sleeps)."""
+    return []
+
+
+@pytest.fixture
+async def make_client(sleeps: list[float]) -> AsyncIterator[Callable[..., LumaClient]]:
+    """Build LumaClients that record their sleeps instead of sleeping; closed afterwards."""
+    clients: list[LumaClient] = []
+
+    async def record(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    def make(**kwargs: Any) -> LumaClient:
+        kwargs.setdefault("sleep", record)
+        kwargs.setdefault("rng", random.Random(7))
+        client = LumaClient(
+            kwargs.pop("base_url", BASE_URL), kwargs.pop("api_key", API_KEY), **kwargs
+        )
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.aclose()
