@@ -40,6 +40,10 @@ _USER_AGENT = "luma-prefect/0.1"
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
+def secrets_of(headers: Mapping[str, SecretStr | str] | None) -> list[SecretStr]:
+    return [v if isinstance(v, SecretStr) else SecretStr(v) for v in (headers or {}).values()]
+
+
 class _BearerAuth(httpx.Auth):
     """Adds the key per request, so it never sits in the client's default headers or repr."""
 
@@ -105,6 +109,7 @@ class LumaClient:
         self._rng = rng or random.Random()
         self._batch_supported = self.routes.batch() is not None
         key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
+        self._secrets = [key, *secrets_of(extra_headers)]
         secrets = {
             name: value if isinstance(value, SecretStr) else SecretStr(value)
             for name, value in (extra_headers or {}).items()
@@ -357,12 +362,25 @@ class LumaClient:
                     error, retryable, retry_after = exc, True, exc.retry_after
                 except LumaServerError as exc:
                     error, retryable = exc, not paid
+                except LumaError as exc:
+                    raise self._redacted(exc) from None
             retry_number += 1
             if not retryable or retry_number > self.retry.max_retries:
-                raise error
+                raise self._redacted(error)
             delay = self.retry.delay(retry_number, retry_after, self._rng)
             logger.debug("%s: retry %d in %.2f s after: %s", action, retry_number, delay, error)
             await self._sleep(delay)
+
+    def _redacted(self, error: LumaError) -> LumaError:
+        """The error with any secret the relay echoed back (some echo the key) blanked."""
+        for secret in self._secrets:
+            value = secret.get_secret_value()
+            if value and value in error.message:
+                error.message = error.message.replace(value, "**********")
+                error.args = (error.message,)
+            if isinstance(error, LumaHTTPError) and error.relay_message and value:
+                error.relay_message = error.relay_message.replace(value, "**********")
+        return error
 
     def _transport_error(
         self, exc: httpx.TransportError, action: str, generation_id: str | None, paid: bool

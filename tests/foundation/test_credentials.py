@@ -390,3 +390,21 @@ class TestPickling:
         assert copy.generation.id == GID
         assert copy.failure_reason == "nsfw"
         assert "nsfw" in str(copy)
+
+
+@pytest.mark.parametrize("status", [400, 401, 503])
+async def test_a_key_echoed_by_the_relay_is_blanked_in_errors(status: int) -> None:
+    """Some relays quote the key they refused; it must not reach logs through our errors."""
+    with respx.mock(base_url="https://relay.example") as router:
+        router.get("/luma/generations/abc").mock(
+            return_value=httpx.Response(
+                status, json={"error": {"message": f"key {SECRET} refused", "type": "x"}}
+            )
+        )
+        client = make_credentials().get_client(retry=luma_prefect.RetryPolicy(max_retries=0))
+        async with client:
+            with pytest.raises(LumaError) as caught:
+                await client.get_generation("abc")
+    assert SECRET not in str(caught.value)
+    assert SECRET not in (getattr(caught.value, "relay_message", "") or "")
+    assert "refused" in str(caught.value)
