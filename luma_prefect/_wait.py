@@ -102,7 +102,8 @@ class WaitSettings:
     """How a wait polls, and how long it bears with trouble.
 
     Attributes:
-        until: the states that end the wait successfully.
+        until: the states that end the wait successfully; a later state (`completed` for
+            a wait until `processing`, when the polls never caught it running) does too.
         timeout_seconds: the deadline, on a monotonic clock; one last poll is made at it.
         poll_interval_seconds: the first interval; it grows by `backoff_factor` per round.
         max_poll_interval_seconds: the longest interval between two polls.
@@ -281,7 +282,7 @@ async def _absorb(
             changed = True
             _log_change(log, log_each, generation, previous, elapsed, tracked)
         tracked.last = generation
-        if generation.state in settings.until:
+        if _reached(generation.state, settings.until):
             if generation.state is GenerationState.COMPLETED:
                 generation = await _with_video_link(client, generation, tracked, settings, log)
                 if generation is None:
@@ -294,6 +295,16 @@ async def _absorb(
         del pending[generation_id]
         changed = True
     return changed
+
+
+# The order generations move in: a state past every target ends the wait as well (a wait
+# until `processing` must not poll on to its deadline when it only ever saw `completed`).
+_ORDER = {GenerationState.PENDING: 0, GenerationState.PROCESSING: 1, GenerationState.COMPLETED: 2}
+
+
+def _reached(state: GenerationState, until: frozenset[GenerationState]) -> bool:
+    rank = _ORDER.get(state)
+    return state in until or (rank is not None and any(_ORDER.get(t, 3) <= rank for t in until))
 
 
 async def _with_video_link(
