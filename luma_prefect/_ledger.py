@@ -1,0 +1,262 @@
+"""The ledger of submitted generations, kept in the destination storage.
+
+A paid generation is recorded right after the relay accepts it, before any wait; its record
+follows it through `completed`, `downloaded` and `published`. A sweep (`collect_pending`)
+finishes every recorded generation that is not yet published, whoever submitted it.
+
+Layout under `<destination>/.luma-ledger/`:
+- `generations/<id>.json`: one record per generation (written whole, atomically);
+- `submits/<key>.json`: which generation a (flow run, relay, request) submitted, so a
+  retried flow run reuses the id instead of paying again;
+- `claims/<id>.json`: who is downloading and publishing it now. Claims are created with an
+  exclusive create, so two sweeps never publish one generation twice. That is atomic on a
+  local folder (`O_EXCL`) and on fsspec filesystems that honour exclusive creation (mode
+  "xb": local, memory); on object stores without conditional writes, run one sweep at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from luma_prefect._models import Generation, GenerationRequest
+from luma_prefect._routes import check_generation_id
+from luma_prefect._storage import Storage
+
+__all__ = ["Ledger", "LedgerRecord", "LedgerStatus"]
+
+LedgerStatus = Literal["submitted", "completed", "downloaded", "published", "failed"]
+_ROOT = ".luma-ledger"
+_FINISHED: frozenset[str] = frozenset({"published", "failed"})
+
+
+class LedgerRecord(BaseModel):
+    """What the ledger knows of one paid generation.
+
+    Example:
+        ```python
+        record = ledger.get("4665a07c-7641-4809-a133-10786201bb56")
+        print(record.status, record.history)
+        ```
+    """
+
+    generation_id: str
+    status: LedgerStatus
+    request: dict[str, Any] | None = None
+    flow_run_id: str | None = None
+    relay_base_url: str | None = None
+    relay_style: str | None = None
+    error: str | None = None
+    history: list[dict[str, str]] = Field(default_factory=list)
+
+    def times(self) -> dict[str, datetime]:
+        """When the record reached each status (the latest time for each).
+
+        Example:
+            ```python
+            record.times()["submitted"]
+            ```
+        """
+        return {entry["status"]: datetime.fromisoformat(entry["at"]) for entry in self.history}
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Ledger:
+    """Records of paid generations, in a storage shared by every flow run that uses it.
+
+    Example:
+        ```python
+        ledger = Ledger(storage_for("./luma-output"))
+        for record in ledger.unfinished():
+            print(record.generation_id, record.status)
+        ```
+    """
+
+    def __init__(self, storage: Storage, *, clock: Callable[[], datetime] = _now) -> None:
+        self.storage = storage
+        self._clock = clock
+
+    @staticmethod
+    def submit_key(
+        flow_run_id: str, relay: str, request: GenerationRequest, idempotency_key: str | None
+    ) -> str:
+        """The key of one submission: equal for a resubmission of the same request.
+
+        Example:
+            ```python
+            key = Ledger.submit_key(run_id, "https://relay|generations", request, None)
+            ```
+        """
+        parts = (flow_run_id, relay, request.fingerprint(), idempotency_key or "")
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:40]
+
+    def find_submission(self, key: str) -> str | None:
+        """The generation id recorded for a submission key, if any.
+
+        Example:
+            ```python
+            generation_id = ledger.find_submission(key)
+            ```
+        """
+        data = self._read(f"{_ROOT}/submits/{key}.json")
+        return str(data["generation_id"]) if data and data.get("generation_id") else None
+
+    def record_submitted(
+        self,
+        generation: Generation,
+        *,
+        key: str,
+        request: GenerationRequest,
+        flow_run_id: str | None,
+        relay_base_url: str,
+        relay_style: str,
+    ) -> LedgerRecord:
+        """Record a generation the relay just accepted (call before any wait).
+
+        Example:
+            ```python
+            ledger.record_submitted(generation, key=key, request=request, flow_run_id=run_id,
+                                    relay_base_url=url, relay_style="generations")
+            ```
+        """
+        generation_id = check_generation_id(generation.id)
+        record = LedgerRecord(
+            generation_id=generation_id,
+            status="submitted",
+            request=request.model_dump(mode="json", exclude_none=True),
+            flow_run_id=flow_run_id,
+            relay_base_url=relay_base_url,
+            relay_style=relay_style,
+            history=[{"status": "submitted", "at": self._clock().isoformat()}],
+        )
+        self._write_record(record)
+        self._write(f"{_ROOT}/submits/{key}.json", {"generation_id": generation_id})
+        return record
+
+    def get(self, generation_id: str) -> LedgerRecord | None:
+        """The record of a generation, or None.
+
+        Example:
+            ```python
+            ledger.get(generation_id)
+            ```
+        """
+        data = self._read(self._record_path(generation_id))
+        if data is None:
+            return None
+        try:
+            return LedgerRecord.model_validate(data)
+        except ValidationError:
+            return None
+
+    def mark(
+        self, generation_id: str, status: LedgerStatus, *, error: str | None = None
+    ) -> LedgerRecord | None:
+        """Move a recorded generation to a new status; None if it is not in the ledger.
+
+        Example:
+            ```python
+            ledger.mark(generation_id, "downloaded")
+            ```
+        """
+        record = self.get(generation_id)
+        if record is None:
+            return None
+        history = [*record.history, {"status": status, "at": self._clock().isoformat()}]
+        record = record.model_copy(update={"status": status, "error": error, "history": history})
+        self._write_record(record)
+        return record
+
+    def unfinished(self) -> list[LedgerRecord]:
+        """Every recorded generation not yet published nor failed, oldest first.
+
+        Example:
+            ```python
+            ids = [r.generation_id for r in ledger.unfinished()]
+            ```
+        """
+        records = []
+        for path in self.storage.list(f"{_ROOT}/generations"):
+            name = path.rsplit("/", 1)[-1]
+            if not name.endswith(".json"):
+                continue
+            record = self.get(name[: -len(".json")])
+            if record is not None and record.status not in _FINISHED:
+                records.append(record)
+        return sorted(records, key=lambda r: r.history[0]["at"] if r.history else "")
+
+    def claim(self, generation_id: str, owner: str, *, stale_after: timedelta) -> bool:
+        """Take the right to download and publish a generation; False if someone holds it.
+
+        A claim older than `stale_after` (its holder died) is broken and taken over.
+
+        Example:
+            ```python
+            if ledger.claim(generation_id, owner=run_id, stale_after=timedelta(minutes=15)):
+                ...  # download and publish, then ledger.release(generation_id)
+            ```
+        """
+        path = f"{_ROOT}/claims/{check_generation_id(generation_id)}.json"
+        body = json.dumps({"owner": owner, "at": self._clock().isoformat()}).encode()
+        if self.storage.create_exclusive(path, body):
+            return True
+        current = self._read(path)
+        if current is not None and current.get("owner") == owner:
+            return True
+        try:
+            taken_at = datetime.fromisoformat(str(current["at"])) if current else None
+        except (KeyError, ValueError):
+            taken_at = None
+        if taken_at is not None and self._clock() - taken_at < stale_after:
+            return False
+        # Stale: remove and race for it again, so two sweeps cannot both take it over.
+        self.storage.delete(path)
+        return self.storage.create_exclusive(path, body)
+
+    def claim_owner(self, generation_id: str) -> str | None:
+        """Who holds the claim on a generation now, if anyone.
+
+        Example:
+            ```python
+            holder = ledger.claim_owner(generation_id)
+            ```
+        """
+        current = self._read(f"{_ROOT}/claims/{check_generation_id(generation_id)}.json")
+        return str(current["owner"]) if current and current.get("owner") else None
+
+    def release(self, generation_id: str) -> None:
+        """Give a claim back.
+
+        Example:
+            ```python
+            ledger.release(generation_id)
+            ```
+        """
+        self.storage.delete(f"{_ROOT}/claims/{check_generation_id(generation_id)}.json")
+
+    def _record_path(self, generation_id: str) -> str:
+        return f"{_ROOT}/generations/{check_generation_id(generation_id)}.json"
+
+    def _write_record(self, record: LedgerRecord) -> None:
+        self._write(self._record_path(record.generation_id), record.model_dump(mode="json"))
+
+    def _write(self, path: str, data: dict[str, Any]) -> None:
+        self.storage.write_bytes(path, json.dumps(data, indent=1, sort_keys=True).encode())
+
+    def _read(self, path: str) -> dict[str, Any] | None:
+        raw = self.storage.read_bytes(path)
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None

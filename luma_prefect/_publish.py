@@ -1,0 +1,214 @@
+"""Publishing a downloaded generation: its manifest, Prefect artifacts and Prefect events."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+from prefect.events import emit_event
+
+from luma_prefect._models import Generation, GenerationRequest
+from luma_prefect._results import DownloadedGeneration
+
+__all__ = [
+    "EVENT_COMPLETED",
+    "EVENT_FAILED",
+    "EVENT_PUBLISHED",
+    "artifact_key",
+    "build_manifest",
+    "create_batch_table",
+    "create_summary_artifact",
+    "emit_generation_event",
+    "strip_secrets",
+]
+
+EVENT_COMPLETED = "luma.generation.completed"
+EVENT_FAILED = "luma.generation.failed"
+EVENT_PUBLISHED = "luma.generation.published"
+MANIFEST_NAME = "manifest.json"
+MANIFEST_VERSION = 1
+
+
+def strip_secrets(url: str | None) -> str | None:
+    """A URL without its query string and credentials (signed links carry secrets there).
+
+    Example:
+        ```python
+        strip_secrets("https://u:p@cdn.example/v.mp4?X-Amz-Signature=abc")
+        # "https://cdn.example/v.mp4"
+        ```
+    """
+    if not url:
+        return url
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def artifact_key(*parts: str) -> str:
+    """A Prefect artifact key: lowercase letters, digits and dashes only.
+
+    Example:
+        ```python
+        artifact_key("luma", "4665A07C_7641")  # "luma-4665a07c-7641"
+        ```
+    """
+    key = re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower())
+    return re.sub(r"-{2,}", "-", key).strip("-")[:100] or "luma"
+
+
+def build_manifest(
+    downloaded: DownloadedGeneration,
+    *,
+    request: GenerationRequest | None = None,
+    timeline: Mapping[str, datetime | None] | None = None,
+    published_at: datetime | None = None,
+) -> dict[str, Any]:
+    """The manifest written beside the files: what was asked, what came back, and where.
+
+    Example:
+        ```python
+        manifest = build_manifest(downloaded, request=GenerationRequest(prompt="a fox"))
+        manifest["assets"]["video"]["sha256"]
+        ```
+    """
+    generation = downloaded.generation
+    relay_request = generation.raw.get("request")
+    times: dict[str, datetime | None] = {
+        "created": generation.created_at,
+        **(timeline or {}),
+        "downloaded": downloaded.downloaded_at,
+        "published": published_at or datetime.now(timezone.utc),
+    }
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "generation_id": generation.id,
+        "prompt": generation.prompt or (request.prompt if request else None),
+        "request": request.model_dump(mode="json", exclude_none=True) if request else None,
+        "relay_request": relay_request if isinstance(relay_request, dict) else None,
+        "state": generation.state.value,
+        "raw_state": generation.raw_state,
+        "failure_reason": generation.failure_reason,
+        "states": [{"state": name, "at": when.isoformat()} for name, when in times.items() if when],
+        "assets": {
+            name: {
+                "file": asset.file_name,
+                "path": asset.path,
+                "bytes": asset.bytes,
+                "sha256": asset.sha256,
+                "content_type": asset.content_type,
+                "width": asset.width,
+                "height": asset.height,
+                "duration": asset.duration,
+                "source_kind": asset.source_kind,
+                "source_url": strip_secrets(asset.source_url),
+            }
+            for name, asset in downloaded.assets.items()
+        },
+        "relay": {
+            "base_url": strip_secrets(downloaded.relay_base_url),
+            "style": downloaded.relay_style,
+        },
+    }
+
+
+def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
+    """The manifest as pretty, stable UTF-8 JSON.
+
+    Example:
+        ```python
+        storage.write_bytes("abc/manifest.json", manifest_bytes(manifest))
+        ```
+    """
+    return (json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n").encode()
+
+
+async def create_summary_artifact(
+    downloaded: DownloadedGeneration, manifest_uri: str, key: str
+) -> None:
+    """A markdown artifact: prompt, thumbnail, links to the files, timings.
+
+    Example:
+        ```python
+        await create_summary_artifact(downloaded, "file:///out/abc/manifest.json", "luma-abc")
+        ```
+    """
+    generation = downloaded.generation
+    lines = [f"# Luma generation `{generation.id}`", ""]
+    if generation.prompt:
+        lines += [f"> {_md(generation.prompt)}", ""]
+    thumbnail = downloaded.assets.get("thumbnail")
+    preview = generation.thumbnail.url if generation.thumbnail else None
+    if preview:
+        lines += [f"![thumbnail]({preview})", ""]
+    lines += ["| file | bytes | sha256 | source |", "|---|---:|---|---|"]
+    for name, asset in downloaded.assets.items():
+        lines.append(
+            f"| [{name}]({asset.path}) | {asset.bytes:,} | `{asset.sha256[:16]}…` "
+            f"| {asset.source_kind} |"
+        )
+    lines += ["", f"Manifest: [{manifest_uri}]({manifest_uri})"]
+    if generation.created_at and downloaded.downloaded_at:
+        took = (downloaded.downloaded_at - generation.created_at).total_seconds()
+        lines.append(f"From creation to files on disk: {took:.1f} s.")
+    if thumbnail is None and not preview:
+        lines.append("No thumbnail was available.")
+    await acreate_markdown_artifact(
+        markdown="\n".join(lines),
+        key=key,
+        description=f"Luma generation {generation.id}",
+    )
+
+
+async def create_batch_table(rows: Sequence[Mapping[str, Any]], key: str) -> None:
+    """A table artifact with one row per generation of a batch.
+
+    Example:
+        ```python
+        await create_batch_table([{"generation_id": "abc", "outcome": "published"}], "luma-b")
+        ```
+    """
+    await acreate_table_artifact(
+        table=[dict(row) for row in rows],
+        key=key,
+        description=f"{len(rows)} Luma generation(s)",
+    )
+
+
+def emit_generation_event(
+    event: str, generation: Generation, payload: Mapping[str, Any] | None = None
+) -> None:
+    """Emit a Prefect event about a generation, resource `luma.generation.<id>`.
+
+    Automations can match it to start downstream deployments.
+
+    Example:
+        ```python
+        emit_generation_event(EVENT_COMPLETED, generation)
+        ```
+    """
+    resource = {
+        "prefect.resource.id": f"luma.generation.{generation.id}",
+        "prefect.resource.name": (generation.prompt or generation.id)[:120],
+        "luma.state": generation.state.value,
+    }
+    emit_event(
+        event=event,
+        resource=resource,
+        payload={
+            "generation_id": generation.id,
+            "state": generation.state.value,
+            "failure_reason": generation.failure_reason,
+            **(payload or {}),
+        },
+    )
+
+
+def _md(text: str) -> str:
+    return re.sub(r"([\\`*_\[\]<>|])", r"\\\1", text.replace("\n", " "))

@@ -1,0 +1,87 @@
+"""Flow runs end to end: the simulator on loopback, Prefect's embedded API, a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from prefect.events.clients import AssertingEventsClient
+from prefect.events.worker import EventsWorker
+
+import luma_prefect.tasks
+from luma_prefect.simulator import RelaySimulator, SimulatorConfig
+
+
+class SimulatorDrivenClock:
+    """Sleeps return at once and move the simulator's clock: minutes of waiting in ms."""
+
+    def __init__(self, simulator: RelaySimulator) -> None:
+        self.now = 0.0
+        self.simulator = simulator
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.simulator.advance(seconds)
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+def make_sim() -> Iterator[Callable[..., RelaySimulator]]:
+    """Simulators on a manual clock (pending 20 s, processing 40 s unless told)."""
+    started: list[RelaySimulator] = []
+
+    def make(**fields: Any) -> RelaySimulator:
+        settings: dict[str, Any] = {
+            "manual_clock": True,
+            "pending_seconds": 20.0,
+            "processing_seconds": 40.0,
+            **fields,
+        }
+        simulator = RelaySimulator(SimulatorConfig(**settings)).start()
+        started.append(simulator)
+        return simulator
+
+    yield make
+    for simulator in reversed(started):
+        simulator.stop()
+
+
+@pytest.fixture
+def drive_waits(monkeypatch: pytest.MonkeyPatch) -> Callable[[RelaySimulator], None]:
+    """Make every wait's sleeps move this simulator's clock instead of real time."""
+
+    def drive(simulator: RelaySimulator) -> None:
+        monkeypatch.setattr(luma_prefect.tasks, "_wait_clock", SimulatorDrivenClock(simulator))
+
+    return drive
+
+
+@pytest.fixture
+def sim(
+    make_sim: Callable[..., RelaySimulator], drive_waits: Callable[[RelaySimulator], None]
+) -> RelaySimulator:
+    """A generations-style simulator whose clock the waits drive."""
+    simulator = make_sim()
+    drive_waits(simulator)
+    return simulator
+
+
+@pytest.fixture
+def events(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], list[Any]]]:
+    """The Prefect events emitted during the test (read after the flow run)."""
+    AssertingEventsClient.reset()
+    worker = EventsWorker.instance(AssertingEventsClient)
+    monkeypatch.setattr(EventsWorker, "instance", lambda *_, **__: worker)
+
+    def read() -> list[Any]:
+        worker.drain()
+        return [e for client in AssertingEventsClient.all for e in client.events]
+
+    yield read
+    worker.drain()
+    AssertingEventsClient.reset()

@@ -1,0 +1,248 @@
+"""Full flow runs against the simulator over loopback HTTP, on Prefect's embedded API."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.filesystems import RemoteFileSystem
+
+from luma_prefect import GenerationRequest, LumaError
+from luma_prefect._ledger import Ledger
+from luma_prefect._storage import storage_for
+from luma_prefect.flows import (
+    collect_generations,
+    collect_pending,
+    generate_video,
+    generate_videos,
+)
+from luma_prefect.simulator import Fault, FaultKind, RelaySimulator
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+FAST = {"poll_interval_seconds": 5.0, "max_poll_interval_seconds": 10.0}
+
+
+async def _artifacts(key: str) -> list[Any]:
+    async with get_client() as client:
+        return await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+        )
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+async def test_generate_video_leaves_files_manifest_artifact_and_events(
+    sim: RelaySimulator, tmp_path: Path, events: Callable[[], list[Any]]
+) -> None:
+    published = await generate_video(
+        prompt="a red fox in the snow",
+        credentials=sim.credentials(),
+        destination=str(tmp_path),
+        **FAST,
+    )
+
+    folder = tmp_path / published.generation_id
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == [
+        ".download.json",
+        "last_frame.jpg",
+        "manifest.json",
+        "thumbnail.jpg",
+        "video.mp4",
+    ]
+    manifest_text = (folder / "manifest.json").read_text()
+    manifest = json.loads(manifest_text)
+    assert manifest["generation_id"] == published.generation_id
+    assert manifest["prompt"] == "a red fox in the snow"
+    assert manifest["request"]["prompt"] == "a red fox in the snow"
+    assert manifest["relay"] == {"base_url": sim.base_url, "style": "generations"}
+    assert [s["state"] for s in manifest["states"]][:2] == ["created", "submitted"]
+    for name, file_name in (("video", "video.mp4"), ("thumbnail", "thumbnail.jpg")):
+        entry = manifest["assets"][name]
+        assert entry["file"] == file_name
+        assert entry["sha256"] == _sha256(folder / file_name)
+        assert entry["bytes"] == (folder / file_name).stat().st_size
+        assert "?" not in entry["source_url"]  # signed links lose their query string
+    assert sim.api_key not in manifest_text
+
+    counters = sim.counters()
+    assert counters.submits_accepted == 1
+
+    artifacts = await _artifacts(f"luma-generation-{published.generation_id}")
+    assert len(artifacts) == 1
+    assert "a red fox in the snow" in artifacts[0].data
+    assert "manifest.json" in artifacts[0].data
+
+    emitted = {e.event: e for e in events()}
+    for name in ("luma.generation.completed", "luma.generation.published"):
+        assert emitted[name].resource.id == f"luma.generation.{published.generation_id}"
+    assert "luma.generation.failed" not in emitted
+
+    record = Ledger(storage_for(str(tmp_path))).get(published.generation_id)
+    assert record is not None and record.status == "published"
+
+
+async def test_a_failed_generation_fails_the_flow_and_emits_failed(
+    sim: RelaySimulator, tmp_path: Path, events: Callable[[], list[Any]]
+) -> None:
+    sim.add_fault(Fault(FaultKind.FAIL_GENERATION, prompt_contains="doomed"))
+
+    with pytest.raises(LumaError, match="failed"):
+        await generate_video(
+            prompt="a doomed prompt",
+            credentials=sim.credentials(),
+            destination=str(tmp_path),
+            **FAST,
+        )
+
+    failed = [e for e in events() if e.event == "luma.generation.failed"]
+    assert len(failed) == 1
+    generation_id = failed[0].resource.id.removeprefix("luma.generation.")
+    assert not (tmp_path / generation_id / "video.mp4").exists()
+    record = Ledger(storage_for(str(tmp_path))).get(generation_id)
+    assert record is not None and record.status == "failed"
+
+
+async def test_a_timed_out_generation_stays_in_the_ledger_and_collect_pending_finishes_it(
+    sim: RelaySimulator, tmp_path: Path
+) -> None:
+    with pytest.raises(LumaError, match="did not reach completed"):
+        await generate_video(
+            prompt="a slow one",
+            credentials=sim.credentials(),
+            destination=str(tmp_path),
+            timeout_seconds=30.0,
+            **FAST,
+        )
+    ledger = Ledger(storage_for(str(tmp_path)))
+    (pending,) = ledger.unfinished()
+    assert pending.status == "submitted"
+
+    outcomes = await collect_pending(
+        credentials=sim.credentials(), destination=str(tmp_path), **FAST
+    )
+
+    assert [(o.generation_id, o.status) for o in outcomes] == [(pending.generation_id, "published")]
+    assert (tmp_path / pending.generation_id / "video.mp4").exists()
+    assert ledger.unfinished() == []
+    assert sim.counters().submits_accepted == 1  # finished, never paid again
+
+
+async def test_an_interrupted_download_resumes_with_range(
+    make_sim: Callable[..., RelaySimulator],
+    drive_waits: Callable[[RelaySimulator], None],
+    tmp_path: Path,
+) -> None:
+    size = 3 * 1024 * 1024
+    sim = make_sim(video_bytes=size)
+    drive_waits(sim)
+    sim.add_fault(
+        Fault(FaultKind.DROP_CONNECTION, routes=("media",), after_bytes=size // 2, times=1)
+    )
+
+    published = await generate_video(
+        prompt="cut mid-way",
+        credentials=sim.credentials(),
+        destination=str(tmp_path),
+        assets=["video"],
+        **FAST,
+    )
+
+    video = published.downloaded.assets["video"]
+    assert video.bytes == size
+    assert (tmp_path / published.generation_id / "video.mp4").stat().st_size == size
+    # The second request fetched only the rest, not the whole file again.
+    assert sim.counters().bytes_served < size * 1.2
+
+
+async def test_collecting_again_downloads_nothing(sim: RelaySimulator, tmp_path: Path) -> None:
+    generation_id = sim.create_generation(prompt="already there", state="completed")
+    first = await collect_generations(
+        [generation_id], credentials=sim.credentials(), destination=str(tmp_path), **FAST
+    )
+    served = sim.counters().media_requests_by_generation.get(generation_id, 0)
+
+    second = await collect_generations(
+        [generation_id], credentials=sim.credentials(), destination=str(tmp_path), **FAST
+    )
+
+    assert [o.status for o in first + second] == ["published", "published"]
+    assert sim.counters().media_requests_by_generation.get(generation_id, 0) == served
+    assert all(a.reused for a in second[0].published.downloaded.assets.values())
+
+
+async def test_collect_reports_each_id_and_a_path_traversal_id_writes_nothing(
+    sim: RelaySimulator, tmp_path: Path
+) -> None:
+    good = sim.create_generation(prompt="fine", state="completed")
+    bad = sim.create_generation(prompt="broken", state="processing")
+    sim.add_fault(Fault(FaultKind.FAIL_GENERATION, generation_id=bad))
+    destination = tmp_path / "out"
+
+    outcomes = await collect_generations(
+        [good, bad, "../../escape", "0f0f0f0f-0000-4000-8000-000000000000"],
+        credentials=sim.credentials(),
+        destination=str(destination),
+        timeout_seconds=300.0,
+        **FAST,
+    )
+
+    assert [o.status for o in outcomes] == ["published", "failed", "error", "not_found"]
+    assert "not a valid generation id" in (outcomes[2].error or "")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert not any("escape" in str(p) for p in tmp_path.rglob("*"))
+    table = max(await _artifacts("luma-collect-generations"), key=lambda a: a.created)
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert [r["outcome"] for r in rows] == ["published", "failed", "error", "not_found"]
+
+
+async def test_collect_fails_the_run_only_when_every_id_failed(
+    sim: RelaySimulator, tmp_path: Path
+) -> None:
+    doomed = sim.create_generation(prompt="doomed", state="processing")
+    sim.add_fault(Fault(FaultKind.FAIL_GENERATION, generation_id=doomed))
+
+    with pytest.raises(LumaError, match="1 of 1 generation"):
+        await collect_generations(
+            [doomed], credentials=sim.credentials(), destination=str(tmp_path), **FAST
+        )
+
+
+async def test_remote_filesystem_destination(sim: RelaySimulator) -> None:
+    destination = RemoteFileSystem(basepath="memory://luma-flow-test")
+
+    published = await generate_video(
+        prompt="into memory", credentials=sim.credentials(), destination=destination, **FAST
+    )
+
+    fs = fsspec.filesystem("memory")
+    folder = f"/luma-flow-test/{published.generation_id}"
+    manifest = json.loads(fs.cat(f"{folder}/manifest.json"))
+    video = fs.cat(f"{folder}/video.mp4")
+    assert hashlib.sha256(video).hexdigest() == manifest["assets"]["video"]["sha256"]
+
+
+async def test_generate_videos_runs_many_bounded(sim: RelaySimulator, tmp_path: Path) -> None:
+    requests = [GenerationRequest(prompt=f"clip {i}") for i in range(3)]
+
+    outcomes = await generate_videos(
+        requests,
+        max_concurrent=2,
+        credentials=sim.credentials(),
+        destination=str(tmp_path),
+        **FAST,
+    )
+
+    assert [o.status for o in outcomes] == ["published"] * 3
+    assert sim.counters().submits_accepted == 3
+    assert len({o.generation_id for o in outcomes}) == 3
