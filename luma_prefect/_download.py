@@ -303,7 +303,8 @@ def _expired(
     return LumaDownloadError(
         f"The {name} of generation {ctx.gid} could not be downloaded: its {source.kind} link "
         f"answered HTTP {status}, {then}. Relay links expire within about an hour of "
-        "completion: download promptly, or resubmit the generation if it is older."
+        "completion: download promptly, or resubmit the generation if it is older.",
+        generation_id=ctx.gid,
     )
 
 
@@ -312,7 +313,8 @@ def _missing(ctx: _Context, name: str) -> None:
         raise LumaDownloadError(
             f"Generation {ctx.gid} has no video link among the allowed sources "
             f"({', '.join(ctx.links.sources)}). Check that it is completed, or allow more "
-            "video_sources."
+            "video_sources.",
+            generation_id=ctx.gid,
         )
     ctx.logger.warning("Generation %s has no %s: skipped.", ctx.gid, name)
 
@@ -341,7 +343,8 @@ async def _transfer(ctx: _Context, name: str, source: _Source) -> DownloadedAsse
     if scheme not in ("http", "https"):
         raise LumaDownloadError(
             f"The {name} link of generation {ctx.gid} is not an http(s) URL ({scheme or 'no'} "
-            "scheme), so it was refused. The relay sent an unusable link: report it to them."
+            "scheme), so it was refused. The relay sent an unusable link: report it to them.",
+            generation_id=ctx.gid,
         )
     part = ctx.storage.open_part(f"{ctx.gid}/{name}")
     meta = {"kind": source.kind, "url": public_url(source.url)}
@@ -368,7 +371,8 @@ async def _transfer(ctx: _Context, name: str, source: _Source) -> DownloadedAsse
         except httpx.UnsupportedProtocol as exc:
             raise LumaDownloadError(
                 f"The {name} link of generation {ctx.gid} redirected to an unsupported URL "
-                f"({exc}). The relay sent an unusable link: report it to them."
+                f"({exc}). The relay sent an unusable link: report it to them.",
+                generation_id=ctx.gid,
             ) from exc
         except (httpx.TransportError, TransientError) as exc:
             failures += 1
@@ -376,7 +380,9 @@ async def _transfer(ctx: _Context, name: str, source: _Source) -> DownloadedAsse
                 raise LumaDownloadError(
                     f"The {name} of generation {ctx.gid} broke off {failures} times, the last "
                     f"after {transfer.have} bytes ({exc!r}). The partial file is kept: run "
-                    "again soon, before the links expire, to resume it."
+                    "again soon, before the links expire, to resume it.",
+                    generation_id=ctx.gid,
+                    retryable=True,
                 ) from exc
             ctx.logger.debug("%s of %s broke off at %d: %r", name, ctx.gid, transfer.have, exc)
             if isinstance(exc, TransientError):

@@ -221,7 +221,8 @@ class PartTransfer:
             if status not in (200, 206):
                 raise LumaDownloadError(
                     f"The {self.name} link of generation {self.gid} answered HTTP {status}: "
-                    "the CDN refused it. Try again later, or resubmit the generation."
+                    "the CDN refused it. Try again later, or resubmit the generation.",
+                    generation_id=self.gid,
                 )
             encoded = response.headers.get("content-encoding", "identity").lower() != "identity"
             total = _total_of(response, encoded)
@@ -314,7 +315,8 @@ class PartTransfer:
         raise LumaDownloadError(
             f"The {self.name} of generation {self.gid} {what}, over the limit of "
             f"{self.max_bytes} bytes (max_bytes): download stopped and the partial file "
-            "removed. Raise max_bytes if a file this large is expected."
+            "removed. Raise max_bytes if a file this large is expected.",
+            generation_id=self.gid,
         )
 
 

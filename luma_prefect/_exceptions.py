@@ -293,9 +293,20 @@ class LumaWaitTimeout(LumaError):
 class LumaDownloadError(LumaError):
     """An asset of a generation could not be downloaded or stored.
 
+    Attributes:
+        retryable: True when running again soon may succeed (a transfer that kept breaking
+            off, its partial file kept); False when it cannot (a refused or expired link,
+            a size cap, a full disk).
+
     Example:
         ```python
         except LumaDownloadError as exc:
             print(exc.generation_id, exc)
         ```
     """
+
+    def __init__(
+        self, message: str, *, generation_id: str | None = None, retryable: bool = False
+    ) -> None:
+        super().__init__(message, generation_id=generation_id)
+        self.retryable = retryable

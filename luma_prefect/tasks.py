@@ -30,6 +30,7 @@ from prefect.tasks import Task, exponential_backoff
 from luma_prefect._exceptions import (
     LumaAuthError,
     LumaConfigurationError,
+    LumaDownloadError,
     LumaError,
     LumaGenerationFailed,
     LumaNotFoundError,
@@ -81,7 +82,10 @@ def retry_on_transient_errors(task: Task[Any, Any], task_run: TaskRun, state: St
         async def my_read(...): ...
         ```
     """
-    return not isinstance(state.data, _FINAL_ERRORS)
+    error = state.data
+    if isinstance(error, LumaDownloadError):
+        return error.retryable
+    return not isinstance(error, _FINAL_ERRORS)
 
 
 _READ_OPTIONS: dict[str, Any] = {
@@ -445,6 +449,7 @@ async def download_generation(
     return downloaded.model_copy(
         update={"relay_base_url": public_url(block.base_url), "relay_style": block.api_style}
     )
+
 
 from datetime import datetime  # noqa: E402
 

@@ -1,0 +1,78 @@
+"""Shared helpers of the download tests: a relay simulator on loopback, clients, a folder."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from luma_prefect import Generation, LumaClient
+from luma_prefect.simulator import RelaySimulator, SimulatorConfig
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def sim_factory() -> Iterator[Callable[..., RelaySimulator]]:
+    """Starts simulators on a manual clock (time moves only when told); all stopped after."""
+    started: list[RelaySimulator] = []
+
+    def make(**fields: Any) -> RelaySimulator:
+        simulator = RelaySimulator(SimulatorConfig(**{"manual_clock": True, **fields})).start()
+        started.append(simulator)
+        return simulator
+
+    yield make
+    for simulator in reversed(started):
+        simulator.stop()
+
+
+@pytest.fixture
+def sim(sim_factory: Callable[..., RelaySimulator]) -> RelaySimulator:
+    """A generations-style simulator serving 3 MiB synthetic videos."""
+    return sim_factory(video_bytes=3 * MIB)
+
+
+@pytest.fixture
+async def client_for() -> AsyncIterator[Callable[[RelaySimulator], LumaClient]]:
+    """LumaClients for simulators, closed after the test."""
+    clients: list[LumaClient] = []
+
+    def make(simulator: RelaySimulator) -> LumaClient:
+        client = simulator.credentials().get_client()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.fixture
+async def client(sim: RelaySimulator, client_for: Callable[[RelaySimulator], LumaClient]) -> Any:
+    """A LumaClient for `sim`."""
+    return client_for(sim)
+
+
+@pytest.fixture
+def completed(sim: RelaySimulator, client: LumaClient) -> Callable[..., Any]:
+    """`await completed()`: a generation seeded completed in `sim`, as the client reads it."""
+
+    async def make(prompt: str = "a red fox in the snow") -> Generation:
+        generation_id = sim.create_generation(prompt=prompt, state="completed")
+        return await client.get_generation(generation_id)
+
+    return make
+
+
+@pytest.fixture
+def dest(tmp_path: Path) -> Path:
+    """The destination folder (inside its own tmp dir, so escapes can be checked)."""
+    return tmp_path / "out"
+
+
+def tree(root: Path) -> list[str]:
+    """Every file under `root`, as sorted relative paths."""
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
