@@ -184,18 +184,22 @@ def generate(
         $ luma-prefect generate "a red fox in the snow" --destination ./luma-output
         ```
     """
+    import asyncio
+
     from luma_prefect._exceptions import LumaError
     from luma_prefect.flows import generate_video
 
     try:
-        published = generate_video(
-            prompt=prompt,
-            aspect_ratio=aspect_ratio,  # type: ignore[arg-type]
-            image_url=image_url,
-            credentials=_credentials(credentials),
-            destination=destination,
-            timeout_seconds=timeout,
-            poll_interval_seconds=poll_interval,
+        published = asyncio.run(
+            generate_video(
+                prompt=prompt,
+                aspect_ratio=aspect_ratio,  # type: ignore[arg-type]
+                image_url=image_url,
+                credentials=_credentials(credentials),
+                destination=destination,
+                timeout_seconds=timeout,
+                poll_interval_seconds=poll_interval,
+            )
         )
     except (LumaError, ValueError) as exc:
         _fail(str(exc))
@@ -219,17 +223,21 @@ def collect(
         $ luma-prefect collect 4665a07c-7641-4809-a133-10786201bb56
         ```
     """
+    import asyncio
+
     from luma_prefect._exceptions import LumaError
     from luma_prefect.flows import collect_generations
 
     try:
-        outcomes = collect_generations(
-            generation_ids=generation_ids,
-            credentials=_credentials(credentials),
-            destination=destination,
-            timeout_seconds=timeout,
-            poll_interval_seconds=poll_interval,
-            fail_when="never",
+        outcomes = asyncio.run(
+            collect_generations(
+                generation_ids=generation_ids,
+                credentials=_credentials(credentials),
+                destination=destination,
+                timeout_seconds=timeout,
+                poll_interval_seconds=poll_interval,
+                fail_when="never",
+            )
         )
     except (LumaError, ValueError) as exc:
         _fail(str(exc))
@@ -288,12 +296,14 @@ def demo(
         typer.echo(f"Relay simulator at {sim.base_url} ({sim.style} style).")
         credentials = sim.credentials()
         typer.echo("1/2 generate-video: submit, wait, download, publish ...")
-        published = generate_video(
-            prompt="a red fox running through fresh snow, golden hour",
-            credentials=credentials,
-            destination=destination,
-            poll_interval_seconds=0.5,
-            max_poll_interval_seconds=2.0,
+        published = asyncio.run(
+            generate_video(
+                prompt="a red fox running through fresh snow, golden hour",
+                credentials=credentials,
+                destination=destination,
+                poll_interval_seconds=0.5,
+                max_poll_interval_seconds=2.0,
+            )
         )
         _print_published([published])
 
@@ -306,12 +316,14 @@ def demo(
 
         ids = asyncio.run(submit_batch())
         typer.echo(f"2/2 collect-generations: {len(ids)} generations submitted elsewhere ...")
-        outcomes = collect_generations(
-            generation_ids=ids,
-            credentials=credentials,
-            destination=destination,
-            poll_interval_seconds=0.5,
-            max_poll_interval_seconds=2.0,
+        outcomes = asyncio.run(
+            collect_generations(
+                generation_ids=ids,
+                credentials=credentials,
+                destination=destination,
+                poll_interval_seconds=0.5,
+                max_poll_interval_seconds=2.0,
+            )
         )
         _print_outcomes(outcomes)
         counters = sim.counters()
