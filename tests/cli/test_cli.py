@@ -1,0 +1,99 @@
+"""The main-job commands, run in-process against the simulator and the embedded API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from luma_prefect import LumaRelayCredentials
+from luma_prefect.cli import app
+from luma_prefect.simulator import RelaySimulator, SimulatorConfig
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+@pytest.fixture
+def sim() -> RelaySimulator:
+    simulator = RelaySimulator(
+        SimulatorConfig(pending_seconds=0.05, processing_seconds=0.1)
+    ).start()
+    yield simulator
+    simulator.stop()
+
+
+@pytest.fixture
+def relay_env(sim: RelaySimulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LUMA_RELAY_BASE_URL", sim.base_url)
+    monkeypatch.setenv("LUMA_RELAY_API_KEY", sim.api_key)
+    monkeypatch.setenv("LUMA_RELAY_API_STYLE", sim.style)
+
+
+def test_generate_uses_the_environment_and_prints_the_files(
+    sim: RelaySimulator, relay_env: None, tmp_path: Path
+) -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "generate",
+            "a heron in the reeds",
+            "--destination",
+            str(tmp_path),
+            "--poll-interval",
+            "0.05",
+        ],
+    )
+
+    assert result.exit_code == 0, result.output
+    manifests = list(tmp_path.glob("*/manifest.json"))
+    assert len(manifests) == 1
+    assert str(manifests[0]) in result.output
+    assert json.loads(manifests[0].read_text())["prompt"] == "a heron in the reeds"
+    assert sim.api_key not in result.output
+    assert sim.counters().submits_accepted == 1
+
+
+def test_collect_publishes_existing_ids(
+    sim: RelaySimulator, relay_env: None, tmp_path: Path
+) -> None:
+    generation_id = sim.create_generation(prompt="made elsewhere", state="completed")
+
+    result = CliRunner().invoke(
+        app, ["collect", generation_id, "--destination", str(tmp_path), "--poll-interval", "0.05"]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / generation_id / "video.mp4").exists()
+    assert sim.counters().submits_accepted == 0
+
+
+def test_collect_exits_non_zero_when_nothing_was_published(
+    sim: RelaySimulator, relay_env: None, tmp_path: Path
+) -> None:
+    result = CliRunner().invoke(app, ["collect", "../etc", "--destination", str(tmp_path)])
+
+    assert result.exit_code == 1
+    assert "not a valid generation id" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_credentials_saves_a_loadable_block(sim: RelaySimulator, relay_env: None) -> None:
+    result = CliRunner().invoke(app, ["save-credentials", "cli-test-relay"])
+
+    assert result.exit_code == 0, result.output
+    block = LumaRelayCredentials.load("cli-test-relay")
+    assert block.base_url == sim.base_url
+    assert block.api_key.get_secret_value() == sim.api_key
+    assert sim.api_key not in result.output
+
+
+def test_save_credentials_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LUMA_RELAY_BASE_URL", raising=False)
+    monkeypatch.delenv("LUMA_RELAY_API_KEY", raising=False)
+
+    result = CliRunner().invoke(app, ["save-credentials"])
+
+    assert result.exit_code == 1
+    assert "LUMA_RELAY_BASE_URL" in result.output and "LUMA_RELAY_API_KEY" in result.output
