@@ -282,7 +282,7 @@ async def _absorb(
             changed = True
             _log_change(log, log_each, generation, previous, elapsed, tracked)
         tracked.last = generation
-        if generation.state in settings.until:
+        if _reached(generation.state, settings.until):
             if generation.state is GenerationState.COMPLETED:
                 generation = await _with_video_link(client, generation, tracked, settings, log)
                 if generation is None:

@@ -1,0 +1,124 @@
+"""Shared helpers of the wait and task tests: a fake clock that drives the simulator.
+
+Every test talks real HTTP to a relay simulator on 127.0.0.1 whose clock is manual. The
+`FakeClock` given to the wait engine (and to the client's retry sleeps) moves its own time
+and the simulator's together, so a 30-minute wait runs in milliseconds and nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from luma_prefect import LumaClient
+from luma_prefect.simulator import RelaySimulator, SimulatorConfig
+
+
+class FakeClock:
+    """A `Clock` whose sleeps return at once, moving fake time and the simulators' clocks.
+
+    `sleeps` records every sleep asked (the engine's poll delays and the client's retry
+    delays alike); `hooks` run before each sleep with the current fake time.
+    """
+
+    def __init__(self, *simulators: RelaySimulator) -> None:
+        self.now = 0.0
+        self.simulators = list(simulators)
+        self.sleeps: list[float] = []
+        self.hooks: list[Callable[[float], None]] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        for hook in self.hooks:
+            hook(self.now)
+        self.sleeps.append(seconds)
+        self.now += seconds
+        for simulator in self.simulators:
+            simulator.advance(seconds)
+        # Yield like a real sleep would, so cancellation and other tasks get their turn.
+        await asyncio.sleep(0)
+
+
+class ListHandler(logging.Handler):
+    """Keeps every record it receives."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def messages(self, level: int | None = None) -> list[str]:
+        return [r.getMessage() for r in self.records if level is None or r.levelno == level]
+
+
+@pytest.fixture
+def make_sim() -> Iterator[Callable[..., RelaySimulator]]:
+    """Start simulators on a manual clock (pending 60 s, processing 120 s unless told)."""
+    started: list[RelaySimulator] = []
+
+    def make(**fields: Any) -> RelaySimulator:
+        settings: dict[str, Any] = {
+            "manual_clock": True,
+            "pending_seconds": 60.0,
+            "processing_seconds": 120.0,
+        }
+        settings.update(fields)
+        simulator = RelaySimulator(SimulatorConfig(**settings)).start()
+        started.append(simulator)
+        return simulator
+
+    yield make
+    for simulator in reversed(started):
+        simulator.stop()
+
+
+@pytest.fixture
+def sim(make_sim: Callable[..., RelaySimulator]) -> RelaySimulator:
+    """A `generations`-style simulator: pending 60 s, processing 120 s, manual clock."""
+    return make_sim()
+
+
+@pytest.fixture
+def clock(sim: RelaySimulator) -> FakeClock:
+    """A fake clock driving `sim`."""
+    return FakeClock(sim)
+
+
+@pytest.fixture
+async def client_for() -> AsyncIterator[Callable[..., LumaClient]]:
+    """Clients for a simulator whose retry sleeps go to the fake clock; closed afterwards."""
+    clients: list[LumaClient] = []
+
+    def make(simulator: RelaySimulator, clock: FakeClock, **overrides: Any) -> LumaClient:
+        client = simulator.credentials().get_client(sleep=clock.sleep, **overrides)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.fixture
+def log_records() -> Iterator[ListHandler]:
+    """A handler on a private logger, to pass as the engine's `logger`."""
+    handler = ListHandler()
+    logger = logging.getLogger("tests.tasks.wait")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+
+
+@pytest.fixture
+def wait_logger(log_records: ListHandler) -> logging.Logger:
+    return logging.getLogger("tests.tasks.wait")
