@@ -214,6 +214,11 @@ async def wait_for_generations(
             ):
                 _give_up(pending, results, exc, errors_in_row)
                 break
+        except LumaError as exc:
+            # A refusal a retry cannot mend (e.g. a 400): it ends every pending id's wait,
+            # but the ids already settled keep their results.
+            _give_up(pending, results, exc, 1)
+            break
         else:
             errors_in_row, first_error_at = 0, None
             elapsed = now - started
@@ -290,6 +295,12 @@ async def _absorb(
             results[generation_id] = generation
         elif generation.state is GenerationState.FAILED:
             results[generation_id] = LumaGenerationFailed(generation)
+        elif generation.state is GenerationState.COMPLETED:
+            wanted = ", ".join(sorted(s.value for s in settings.until))
+            results[generation_id] = LumaError(
+                f"Generation {generation_id} completed, so it can no longer reach {wanted}.",
+                generation_id=generation_id,
+            )
         else:
             continue
         del pending[generation_id]

@@ -18,6 +18,7 @@ from luma_prefect import (
     LumaClient,
     LumaConfigurationError,
     LumaGenerationFailed,
+    LumaRequestError,
     LumaWaitTimeout,
 )
 from luma_prefect._wait import SystemClock, WaitSettings, normalise_states, wait_for_generations
@@ -406,3 +407,36 @@ async def test_a_real_wait_is_cancelled_promptly(
         assert (await client.get_generation(gid)).state is GenerationState.PENDING
     assert elapsed < 0.6
     assert sim.counters().requests["query"] == 2
+
+
+async def test_completed_ends_a_wait_for_failed_without_polling_to_the_deadline(
+    sim: RelaySimulator, clock: FakeClock, client_for: MakeClient
+) -> None:
+    client = client_for(sim, clock)
+    gid = await submit(client)
+    settings = WaitSettings(until=normalise_states(["failed"]), timeout_seconds=3600.0)
+
+    results = await wait_for_generations(client, [gid], settings, clock=clock)
+
+    assert "can no longer reach failed" in str(results[gid])
+    assert clock.now < 600.0  # settled once completed (180 s), not at the deadline
+
+
+async def test_a_refused_poll_ends_the_pending_ids_but_keeps_settled_results(
+    sim: RelaySimulator, clock: FakeClock, client_for: MakeClient
+) -> None:
+    client = client_for(sim, clock)
+    done = sim.create_generation(prompt="done", state="completed")
+    waiting = await submit(client)
+
+    async def refuse(generation_id: str) -> Generation:
+        raise LumaRequestError("Querying failed with HTTP 400.", status_code=400)
+
+    # The first round (both ids) goes through the batch route; once `done` has left, the
+    # single query of the remaining id is refused.
+    client.get_generation = refuse  # type: ignore[method-assign]
+
+    results = await wait_for_generations(client, [done, waiting], WaitSettings(), clock=clock)
+
+    assert isinstance(results[done], Generation)
+    assert "HTTP 400" in str(results[waiting])
