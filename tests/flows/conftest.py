@@ -10,7 +10,7 @@ import pytest
 from prefect.events.clients import AssertingEventsClient
 from prefect.events.worker import EventsWorker
 
-import luma_prefect.tasks
+import luma_prefect.tasks._common
 from luma_prefect.simulator import RelaySimulator, SimulatorConfig
 
 
@@ -56,7 +56,9 @@ def drive_waits(monkeypatch: pytest.MonkeyPatch) -> Callable[[RelaySimulator], N
     """Make every wait's sleeps move this simulator's clock instead of real time."""
 
     def drive(simulator: RelaySimulator) -> None:
-        monkeypatch.setattr(luma_prefect.tasks, "_wait_clock", SimulatorDrivenClock(simulator))
+        monkeypatch.setattr(
+            luma_prefect.tasks._common, "wait_clock", SimulatorDrivenClock(simulator)
+        )
 
     return drive
 

@@ -2,7 +2,7 @@
 sense, paid submits made once per flow run, usable from sync and async flows.
 
 Real Prefect (the session's embedded API), real loopback HTTP, fake time through
-`luma_prefect.tasks._wait_clock`.
+`luma_prefect.tasks._common.wait_clock`.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ REQUEST = GenerationRequest(prompt="a red fox in the snow")
 def clock(sim: RelaySimulator, monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     """The fake clock, installed as the clock of every wait and client retry of the tasks."""
     fake = FakeClock(sim)
-    monkeypatch.setattr(luma_tasks, "_wait_clock", fake)
+    monkeypatch.setattr(luma_tasks._common, "wait_clock", fake)
     return fake
 
 
@@ -288,7 +288,7 @@ async def test_wait_task_raises_timeout_with_the_last_generation(
 ) -> None:
     sim = make_sim(processing_seconds=100_000.0)
     fake = FakeClock(sim)
-    monkeypatch.setattr(luma_tasks, "_wait_clock", fake)
+    monkeypatch.setattr(luma_tasks._common, "wait_clock", fake)
     gid = sim.create_generation("slow", state="pending")
 
     @flow
@@ -310,7 +310,7 @@ async def test_wait_task_until_processing_and_failed(
     make_sim: Callable[..., RelaySimulator], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sim = make_sim()
-    monkeypatch.setattr(luma_tasks, "_wait_clock", FakeClock(sim))
+    monkeypatch.setattr(luma_tasks._common, "wait_clock", FakeClock(sim))
     creds = sim.credentials()
     running = sim.create_generation("fox", state="pending")
     broken = sim.create_generation("bad", state="failed", failure_reason="NSFW frame")
@@ -482,4 +482,4 @@ async def test_tasks_work_from_an_async_flow(
 
 
 def test_the_default_wait_clock_is_the_real_one() -> None:
-    assert isinstance(luma_tasks._wait_clock, SystemClock)
+    assert isinstance(luma_tasks._common.wait_clock, SystemClock)

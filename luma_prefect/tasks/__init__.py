@@ -1,0 +1,36 @@
+"""Prefect tasks for Luma generations: fetch, submit, extend, and wait until a state.
+
+Every task takes a `LumaRelayCredentials` block, or the name of a saved one, first. Tasks
+are async: `await` them in async flows; in sync flows use `.submit(...).result()` (a bare
+call of an async Prefect task there returns an un-awaited coroutine).
+
+Retries, in Prefect terms:
+- read tasks (`fetch_*`, `wait_*`) never cache (`NO_CACHE`: a cached status never changes)
+  and are retried by Prefect with exponential backoff and jitter, except on errors a retry
+  cannot mend (auth, not found, bad request, failed generation, wait timeout);
+- `submit_generation` and `extend_generation` are never retried by Prefect, and reuse their
+  result per (flow run, request): see `submit_generation`.
+"""
+
+from luma_prefect.tasks._common import resolve_credentials, retry_on_transient_errors
+from luma_prefect.tasks._delivery import download_generation, publish_generation
+from luma_prefect.tasks._generations import (
+    extend_generation,
+    fetch_generation,
+    fetch_generations,
+    submit_generation,
+)
+from luma_prefect.tasks._waiting import wait_for_generation, wait_for_generations
+
+__all__ = [
+    "download_generation",
+    "extend_generation",
+    "fetch_generation",
+    "fetch_generations",
+    "publish_generation",
+    "resolve_credentials",
+    "retry_on_transient_errors",
+    "submit_generation",
+    "wait_for_generation",
+    "wait_for_generations",
+]

@@ -1,0 +1,92 @@
+"""What every task shares: credentials, the retry condition, the wait clock."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import State
+from prefect.tasks import Task, exponential_backoff
+
+from luma_prefect._client import LumaClient
+from luma_prefect._exceptions import (
+    LumaAuthError,
+    LumaConfigurationError,
+    LumaDownloadError,
+    LumaGenerationFailed,
+    LumaNotFoundError,
+    LumaRequestError,
+    LumaSubmitUncertainError,
+    LumaWaitTimeout,
+)
+from luma_prefect._models import GenerationState
+from luma_prefect._wait import Clock, SystemClock
+from luma_prefect.credentials import LumaRelayCredentials
+
+CredentialsInput = LumaRelayCredentials | str
+StatesInput = Sequence[str | GenerationState] | str
+
+# Errors a retry cannot mend; everything else a read task meets is worth another try.
+_FINAL_ERRORS = (
+    LumaAuthError,
+    LumaConfigurationError,
+    LumaGenerationFailed,
+    LumaNotFoundError,
+    LumaRequestError,
+    LumaSubmitUncertainError,
+    LumaWaitTimeout,
+)
+
+# The clock of every wait and of the client's retry sleeps; tests replace it
+# (`luma_prefect.tasks._common.wait_clock`) to wait half an hour in milliseconds.
+wait_clock: Clock = SystemClock()
+
+
+def retry_on_transient_errors(task: Task[Any, Any], task_run: TaskRun, state: State) -> bool:
+    """Prefect retry condition: retry, unless the failure is one a retry cannot mend.
+
+    Example:
+        ```python
+        @task(retries=3, retry_condition_fn=retry_on_transient_errors)
+        async def my_read(...): ...
+        ```
+    """
+    error = state.data
+    if isinstance(error, LumaDownloadError):
+        return error.retryable
+    return not isinstance(error, _FINAL_ERRORS)
+
+
+READ_OPTIONS: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=5),
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": retry_on_transient_errors,
+    "cache_policy": NO_CACHE,
+}
+
+
+async def resolve_credentials(credentials: CredentialsInput) -> LumaRelayCredentials:
+    """The block itself, or the saved `LumaRelayCredentials` block of that name.
+
+    Example:
+        ```python
+        credentials = await resolve_credentials("luma-relay")
+        ```
+    """
+    if isinstance(credentials, LumaRelayCredentials):
+        return credentials
+    if isinstance(credentials, str) and credentials.strip():
+        return await LumaRelayCredentials.aload(credentials.strip())
+    raise LumaConfigurationError(
+        "credentials must be a LumaRelayCredentials block or the name of a saved one "
+        f"(got {type(credentials).__name__})."
+    )
+
+
+async def client_for(credentials: CredentialsInput, **overrides: Any) -> LumaClient:
+    """A client for the credentials whose retry sleeps follow the wait clock."""
+    block = await resolve_credentials(credentials)
+    return block.get_client(sleep=wait_clock.sleep, **overrides)

@@ -1,0 +1,160 @@
+"""Tasks that deliver a completed generation: download its files, publish them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from luma_prefect._download import (
+    ASSET_NAMES,
+    DEFAULT_MAX_BYTES,
+    VIDEO_SOURCES,
+    download_generation_files,
+    public_url,
+)
+from luma_prefect._models import Generation, GenerationRequest
+from luma_prefect._publish import (
+    EVENT_PUBLISHED,
+    MANIFEST_NAME,
+    artifact_key,
+    build_manifest,
+    create_summary_artifact,
+    emit_generation_event,
+    manifest_bytes,
+)
+from luma_prefect._results import DownloadedGeneration, PublishedGeneration
+from luma_prefect._routes import check_generation_id
+from luma_prefect._storage import storage_for
+from luma_prefect.tasks._common import (
+    READ_OPTIONS,
+    CredentialsInput,
+    client_for,
+    resolve_credentials,
+)
+
+
+def _download_run_name() -> str:
+    """`download-<generation id>`, whether the task got a Generation or an id."""
+    from prefect.runtime import task_run
+
+    generation = task_run.parameters.get("generation")
+    generation_id = getattr(generation, "id", None) or (
+        generation.get("id") if isinstance(generation, dict) else generation
+    )
+    return f"download-{generation_id}"
+
+
+@task(name="download-generation", task_run_name=_download_run_name, **READ_OPTIONS)
+async def download_generation(
+    credentials: CredentialsInput,
+    generation: Generation | str,
+    destination: Any,
+    assets: Sequence[str] = ASSET_NAMES,
+    video_sources: Sequence[str] = VIDEO_SOURCES,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_concurrent_downloads: int = 3,
+) -> DownloadedGeneration:
+    """Download a completed generation's files to `<destination>/<generation id>/`.
+
+    `generation` is a `Generation` or a generation id (then fetched first). `destination`
+    is a local folder, an fsspec URL (`s3://bucket/luma`, `memory://x`), or a Prefect
+    `LocalFileSystem` / `RemoteFileSystem` block. The video comes from the first of
+    `video_sources` the generation has (watermark-free first); thumbnail and last frame
+    are skipped with a warning when missing. Files stream to disk, are verified (length,
+    sha256) and resumed with HTTP Range after a broken connection; expired links are
+    refreshed once from the relay; a rerun reuses verified files without downloading.
+
+    Example:
+        ```python
+        from prefect import flow
+        from luma_prefect.tasks import download_generation, wait_for_generation
+
+        @flow
+        async def fetch_video(generation_id: str) -> str:
+            done = await wait_for_generation("luma-relay", generation_id)
+            downloaded = await download_generation("luma-relay", done, "./luma-output")
+            return downloaded.assets["video"].path
+        ```
+    """
+    block = await resolve_credentials(credentials)
+    storage = storage_for(destination)
+    async with await client_for(block) as client:
+        if not isinstance(generation, Generation):
+            generation = (
+                Generation.model_validate(generation)
+                if isinstance(generation, dict)
+                else await client.get_generation(generation)
+            )
+        downloaded = await download_generation_files(
+            client,
+            generation,
+            storage,
+            assets=assets,
+            video_sources=video_sources,
+            max_bytes=max_bytes,
+            max_concurrent=max_concurrent_downloads,
+            logger=get_run_logger(),  # type: ignore[arg-type]
+        )
+    return downloaded.model_copy(
+        update={"relay_base_url": public_url(block.base_url), "relay_style": block.api_style}
+    )
+
+
+@task(
+    name="publish-generation",
+    task_run_name="publish-{downloaded.generation.id}",
+    cache_policy=NO_CACHE,
+)
+async def publish_generation(
+    downloaded: DownloadedGeneration,
+    destination: Any = None,
+    request: GenerationRequest | None = None,
+    timeline: dict[str, datetime] | None = None,
+    create_artifacts: bool = True,
+    emit_events: bool = True,
+) -> PublishedGeneration:
+    """Publish a downloaded generation: `manifest.json` beside its files, a markdown
+    artifact in the run, and the `luma.generation.published` event.
+
+    `destination` defaults to the one the files were downloaded to; pass the block again
+    when that was a filesystem block. The manifest lists the request, the states with their
+    times, each file (bytes, sha256, size, source link without secrets) and the relay.
+
+    Example:
+        ```python
+        from luma_prefect.tasks import download_generation, publish_generation
+
+        downloaded = await download_generation("luma-relay", generation, "./luma-output")
+        published = await publish_generation(downloaded)
+        print(published.manifest_path)
+        ```
+    """
+    generation = downloaded.generation
+    storage = storage_for(downloaded.destination if destination is None else destination)
+    folder = check_generation_id(generation.id)
+    manifest = build_manifest(downloaded, request=request, timeline=timeline)
+    manifest_path = storage.write_bytes(f"{folder}/{MANIFEST_NAME}", manifest_bytes(manifest))
+    keys: list[str] = []
+    if create_artifacts:
+        key = artifact_key("luma-generation", generation.id)
+        await create_summary_artifact(downloaded, manifest_path, key)
+        keys.append(key)
+    events: list[str] = []
+    if emit_events:
+        files = {name: asset.path for name, asset in downloaded.assets.items()}
+        emit_generation_event(
+            EVENT_PUBLISHED, generation, {"manifest": manifest_path, "files": files}
+        )
+        events.append(EVENT_PUBLISHED)
+    get_run_logger().info("Published generation %s: %s", generation.id, manifest_path)
+    return PublishedGeneration(
+        generation_id=generation.id,
+        downloaded=downloaded,
+        manifest_path=manifest_path,
+        artifact_keys=keys,
+        events=events,
+    )

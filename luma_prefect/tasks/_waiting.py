@@ -1,0 +1,153 @@
+"""Tasks that wait for generations: one task run per wait, however many polls."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from prefect import get_run_logger, task
+from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
+
+from luma_prefect._exceptions import (
+    LumaError,
+)
+from luma_prefect._models import Generation
+from luma_prefect._routes import check_generation_id
+from luma_prefect._wait import WaitSettings, normalise_states
+from luma_prefect._wait import wait_for_generations as _wait_engine
+from luma_prefect.tasks import _common
+from luma_prefect.tasks._common import (
+    READ_OPTIONS,
+    CredentialsInput,
+    StatesInput,
+    client_for,
+)
+
+
+@task(name="wait-for-generation", task_run_name="wait-for-{generation_id}", **READ_OPTIONS)
+async def wait_for_generation(
+    credentials: CredentialsInput,
+    generation_id: str,
+    until: StatesInput = ("completed",),
+    timeout_seconds: float = 1800.0,
+    poll_interval_seconds: float = 5.0,
+    max_poll_interval_seconds: float = 30.0,
+    progress_artifact: bool = False,
+) -> Generation:
+    """Wait, in one task run, until the generation reaches a state in `until`.
+
+    Raises `LumaGenerationFailed` when it fails (and `failed` is not in `until`),
+    `LumaWaitTimeout` (with the last generation seen) past the deadline, `LumaAuthError` at
+    once on a refused key. Relay hiccups (5xx, timeouts, malformed answers, a 404 right after
+    submit) are absorbed inside the wait.
+
+    Example:
+        ```python
+        from luma_prefect.tasks import wait_for_generation
+
+        done = await wait_for_generation("luma-relay", generation.id, timeout_seconds=900)
+        started = await wait_for_generation("luma-relay", generation.id, until=["processing"])
+        ```
+    """
+    results = await _wait(
+        credentials,
+        [generation_id],
+        until,
+        timeout_seconds,
+        poll_interval_seconds,
+        max_poll_interval_seconds,
+        progress_artifact,
+    )
+    outcome = results[0]
+    if isinstance(outcome, LumaError):
+        raise outcome
+    assert outcome is not None  # return_when="all" settles every id
+    return outcome
+
+
+@task(name="wait-for-generations", **READ_OPTIONS)
+async def wait_for_generations(
+    credentials: CredentialsInput,
+    generation_ids: list[str],
+    until: StatesInput = ("completed",),
+    timeout_seconds: float = 1800.0,
+    poll_interval_seconds: float = 5.0,
+    max_poll_interval_seconds: float = 30.0,
+    batch_size: int = 50,
+    return_exceptions: bool = False,
+    return_when: Literal["all", "first"] = "all",
+    progress_artifact: bool = False,
+) -> list[Generation | LumaError | None]:
+    """Wait for many generations at once, in one task run, polling them through the batch
+    route (about `ceil(N / batch_size)` requests a round instead of N).
+
+    Each id leaves the wait when it reaches a target. With `return_exceptions=True` the list
+    holds, per id, the `Generation` or the `LumaError` that ended its wait; otherwise the
+    first error (in the order asked) is raised once every id is settled.
+    With `return_when="first"` it returns as soon as any id settled, with `None` for the
+    ids still waiting: process the settled ones and wait again for the rest.
+
+    Example:
+        ```python
+        from luma_prefect.tasks import wait_for_generations
+
+        results = await wait_for_generations("luma-relay", ids, return_exceptions=True)
+        done = [r for r in results if not isinstance(r, Exception)]
+        ```
+    """
+    results = await _wait(
+        credentials,
+        generation_ids,
+        until,
+        timeout_seconds,
+        poll_interval_seconds,
+        max_poll_interval_seconds,
+        progress_artifact,
+        return_when=return_when,
+        batch_size=batch_size,
+    )
+    if not return_exceptions:
+        for outcome in results:
+            if isinstance(outcome, LumaError):
+                raise outcome
+    return results
+
+
+async def _wait(
+    credentials: CredentialsInput,
+    generation_ids: Sequence[str],
+    until: StatesInput,
+    timeout_seconds: float,
+    poll_interval_seconds: float,
+    max_poll_interval_seconds: float,
+    progress_artifact: bool,
+    return_when: Literal["all", "first"] = "all",
+    **client_options: Any,
+) -> list[Generation | LumaError | None]:
+    settings = WaitSettings(
+        until=normalise_states(until),
+        timeout_seconds=timeout_seconds,
+        poll_interval_seconds=poll_interval_seconds,
+        max_poll_interval_seconds=max(max_poll_interval_seconds, poll_interval_seconds),
+    )
+    logger = get_run_logger()
+    on_progress = None
+    if progress_artifact:
+        artifact_id = await acreate_progress_artifact(
+            progress=0.0, description=f"Waiting for {len(generation_ids)} Luma generation(s)."
+        )
+
+        async def on_progress(done: int, total: int) -> None:
+            await aupdate_progress_artifact(artifact_id, progress=100.0 * done / max(total, 1))
+
+    async with await client_for(credentials, **client_options) as client:
+        results = await _wait_engine(
+            client,
+            generation_ids,
+            settings,
+            clock=_common.wait_clock,
+            logger=logger,
+            on_progress=on_progress,
+            return_when=return_when,
+        )
+    return [results.get(check_generation_id(i)) for i in generation_ids]
