@@ -82,8 +82,10 @@ def simulate(
     simulator = RelaySimulator(config)
     stop = threading.Event()
     in_main = threading.current_thread() is threading.main_thread()
-    # SIGTERM (kill, process managers) stops as cleanly as Ctrl-C does.
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if in_main else None
+    # Ctrl-C and SIGTERM (kill, process managers) both stop cleanly. SIGINT is handled
+    # explicitly: a process started in the background inherits it ignored.
+    handled = (signal.SIGINT, signal.SIGTERM) if in_main else ()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in handled}
     try:
         simulator.start()
         typer.echo(_usage(simulator))
@@ -96,8 +98,8 @@ def simulate(
         typer.echo(f"Cannot listen on 127.0.0.1:{port}: {exc}", err=True)
         raise typer.Exit(1) from exc
     finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         simulator.stop()
     typer.echo("Simulator stopped.")
 
