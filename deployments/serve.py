@@ -2,11 +2,13 @@
 
 Run from the repository root, with PREFECT_API_URL pointing at your Prefect server:
 
-    python deployments/serve.py
+    python deployments/serve.py --credentials luma-relay --destination "$PWD/luma-output"
 
 It registers `generate-video`, `generate-videos` and `collect-generations` (started from the
 UI or `prefect deployment run`) and `collect-pending` (every 10 minutes), then runs their
-flow runs as they come, until stopped with Ctrl-C.
+flow runs as they come, each in a child process, until stopped with Ctrl-C or SIGTERM
+(Prefect then pauses the served deployments until they are served again).
+A local destination is made absolute here, so the runs and the UI show where files land.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import os
 
 from prefect import serve
+from prefect.deployments.runner import RunnerDeployment
 
 from luma_prefect.flows import (
     collect_generations,
@@ -31,7 +34,7 @@ def build_deployments(
     credentials: str = DEFAULT_CREDENTIALS,
     destination: str = DEFAULT_DESTINATION,
     sweep_interval_seconds: int = 600,
-) -> list:
+) -> list[RunnerDeployment]:
     """The runner deployments this process serves.
 
     Example:
@@ -40,6 +43,8 @@ def build_deployments(
         serve(*build_deployments(credentials="luma-relay", destination="/data/luma"))
         ```
     """
+    if "://" not in destination:
+        destination = os.path.abspath(os.path.expanduser(destination))
     common = {"credentials": credentials, "destination": destination}
     return [
         generate_video.to_deployment(
@@ -93,6 +98,8 @@ def main() -> None:
         "--sweep-interval", type=int, default=600, help="seconds between collect-pending runs"
     )
     args = parser.parse_args()
+    if args.sweep_interval < 1:
+        parser.error("--sweep-interval must be at least 1 second")
     serve(
         *build_deployments(args.credentials, args.destination, args.sweep_interval),
         limit=8,

@@ -8,10 +8,9 @@ Layout under `<destination>/.luma-ledger/`:
 - `generations/<id>.json`: one record per generation (written whole, atomically);
 - `submits/<key>.json`: which generation a (flow run, relay, request) submitted, so a
   retried flow run reuses the id instead of paying again;
-- `claims/<id>.json`: who is downloading and publishing it now. Claims are created with an
-  exclusive create, so two sweeps never publish one generation twice. That is atomic on a
-  local folder (`O_EXCL`) and on fsspec filesystems that honour exclusive creation (mode
-  "xb": local, memory); on object stores without conditional writes, run one sweep at a time.
+- `claims/<id>/<n>.json`: who is downloading and publishing it now. Claims are created with an
+  exclusive create, so two sweeps never publish one generation twice (see `_claims.py`
+  for which storages make that atomic).
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from luma_prefect._claims import Claims
 from luma_prefect._models import Generation, GenerationRequest
 from luma_prefect._routes import check_generation_id
 from luma_prefect._storage import Storage
@@ -83,6 +83,7 @@ class Ledger:
     def __init__(self, storage: Storage, *, clock: Callable[[], datetime] = _now) -> None:
         self.storage = storage
         self._clock = clock
+        self._claims = Claims(storage, f"{_ROOT}/claims", clock=clock)
 
     @staticmethod
     def submit_key(
@@ -196,30 +197,16 @@ class Ledger:
     def claim(self, generation_id: str, owner: str, *, stale_after: timedelta) -> bool:
         """Take the right to download and publish a generation; False if someone holds it.
 
-        A claim older than `stale_after` (its holder died) is broken and taken over.
+        A claim older than `stale_after`, or whose process is gone from this machine (its
+        holder died), is taken over. See `luma_prefect._claims`.
 
         Example:
             ```python
             if ledger.claim(generation_id, owner=run_id, stale_after=timedelta(minutes=15)):
-                ...  # download and publish, then ledger.release(generation_id)
+                ...  # download and publish, then ledger.release(generation_id, run_id)
             ```
         """
-        path = f"{_ROOT}/claims/{check_generation_id(generation_id)}.json"
-        body = json.dumps({"owner": owner, "at": self._clock().isoformat()}).encode()
-        if self.storage.create_exclusive(path, body):
-            return True
-        current = self._read(path)
-        if current is not None and current.get("owner") == owner:
-            return True
-        try:
-            taken_at = datetime.fromisoformat(str(current["at"])) if current else None
-        except (KeyError, ValueError):
-            taken_at = None
-        if taken_at is not None and self._clock() - taken_at < stale_after:
-            return False
-        # Stale: remove and race for it again, so two sweeps cannot both take it over.
-        self.storage.delete(path)
-        return self.storage.create_exclusive(path, body)
+        return self._claims.take(generation_id, owner, stale_after=stale_after)
 
     def claim_owner(self, generation_id: str) -> str | None:
         """Who holds the claim on a generation now, if anyone.
@@ -229,18 +216,17 @@ class Ledger:
             holder = ledger.claim_owner(generation_id)
             ```
         """
-        current = self._read(f"{_ROOT}/claims/{check_generation_id(generation_id)}.json")
-        return str(current["owner"]) if current and current.get("owner") else None
+        return self._claims.owner(generation_id)
 
-    def release(self, generation_id: str) -> None:
-        """Give a claim back.
+    def release(self, generation_id: str, owner: str) -> None:
+        """Give back a claim `owner` holds; a claim someone else took over is left alone.
 
         Example:
             ```python
-            ledger.release(generation_id)
+            ledger.release(generation_id, run_id)
             ```
         """
-        self.storage.delete(f"{_ROOT}/claims/{check_generation_id(generation_id)}.json")
+        self._claims.release(generation_id, owner)
 
     def _record_path(self, generation_id: str) -> str:
         return f"{_ROOT}/generations/{check_generation_id(generation_id)}.json"

@@ -102,7 +102,7 @@ async def generate_video(
         ```python
         from luma_prefect.flows import generate_video
 
-        published = generate_video(prompt="a red fox in the snow", credentials="luma-relay")
+        published = asyncio.run(generate_video(prompt="a fox", credentials="luma-relay"))
         print(published.manifest_path)
         ```
     """
@@ -162,7 +162,8 @@ async def generate_videos(
         from luma_prefect import GenerationRequest
         from luma_prefect.flows import generate_videos
 
-        outcomes = generate_videos([GenerationRequest(prompt=p) for p in ("a fox", "a cat")])
+        requests = [GenerationRequest(prompt=p) for p in ("a fox", "a cat")]
+        outcomes = await generate_videos(requests, max_concurrent=2)
         ```
     """
     if max_concurrent < 1:
@@ -215,7 +216,7 @@ async def collect_generations(
         ```python
         from luma_prefect.flows import collect_generations
 
-        outcomes = collect_generations(["4665a07c-7641-4809-a133-10786201bb56"])
+        outcomes = await collect_generations(["4665a07c-7641-4809-a133-10786201bb56"])
         ```
     """
     block = await resolve_credentials(credentials)
@@ -255,7 +256,7 @@ async def collect_pending(
         ```python
         from luma_prefect.flows import collect_pending
 
-        collect_pending(credentials="luma-relay", destination="./luma-output")
+        await collect_pending(credentials="luma-relay", destination="./luma-output")
         ```
     """
     block = await resolve_credentials(credentials)
@@ -408,6 +409,11 @@ async def _deliver(
     emit_generation_event(EVENT_COMPLETED, generation)
     owner = str(current_flow_run.id or f"{socket.gethostname()}-{os.getpid()}")
     if not await _claim(ledger, generation.id, owner):
+        logger.warning(
+            "Generation %s is claimed by %s, which is publishing it now; leaving it to it.",
+            generation.id,
+            ledger.claim_owner(generation.id),
+        )
         return GenerationOutcome(
             generation_id=generation.id,
             status="error",
@@ -442,7 +448,7 @@ async def _deliver(
             generation_id=generation.id, status="error", generation=generation, error=str(exc)
         )
     finally:
-        ledger.release(generation.id)
+        ledger.release(generation.id, owner)
 
 
 async def _claim(ledger: Ledger, generation_id: str, owner: str) -> bool:
