@@ -100,6 +100,8 @@ async def generate_video(
 
     Example:
         ```python
+        import asyncio
+
         from luma_prefect.flows import generate_video
 
         published = asyncio.run(generate_video(prompt="a fox", credentials="luma-relay"))
