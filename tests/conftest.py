@@ -11,7 +11,9 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-FIXTURES_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures")
+# The simulator's own pytest plugin, as users enable it: `luma_simulator` and
+# `luma_simulator_factory` for every test folder.
+pytest_plugins = ["luma_prefect.simulator.pytest_plugin"]
 
 
 @pytest.fixture(scope="session")

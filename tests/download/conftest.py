@@ -2,31 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+import functools
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from luma_prefect import Generation, LumaClient
-from luma_prefect.simulator import RelaySimulator, SimulatorConfig
+from luma_prefect.simulator import RelaySimulator
 
 MIB = 1024 * 1024
 
 
 @pytest.fixture
-def sim_factory() -> Iterator[Callable[..., RelaySimulator]]:
-    """Starts simulators on a manual clock (time moves only when told); all stopped after."""
-    started: list[RelaySimulator] = []
-
-    def make(**fields: Any) -> RelaySimulator:
-        simulator = RelaySimulator(SimulatorConfig(**{"manual_clock": True, **fields})).start()
-        started.append(simulator)
-        return simulator
-
-    yield make
-    for simulator in reversed(started):
-        simulator.stop()
+def sim_factory(
+    luma_simulator_factory: Callable[..., RelaySimulator],
+) -> Callable[..., RelaySimulator]:
+    """Simulators on a manual clock (time moves only when told); all stopped after."""
+    return functools.partial(
+        luma_simulator_factory, manual_clock=True, pending_seconds=1.0, processing_seconds=2.0
+    )
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -11,7 +12,7 @@ from prefect.events.clients import AssertingEventsClient
 from prefect.events.worker import EventsWorker
 
 import luma_prefect.tasks._common
-from luma_prefect.simulator import RelaySimulator, SimulatorConfig
+from luma_prefect.simulator import RelaySimulator
 
 
 class SimulatorDrivenClock:
@@ -31,24 +32,13 @@ class SimulatorDrivenClock:
 
 
 @pytest.fixture
-def make_sim() -> Iterator[Callable[..., RelaySimulator]]:
+def make_sim(
+    luma_simulator_factory: Callable[..., RelaySimulator],
+) -> Callable[..., RelaySimulator]:
     """Simulators on a manual clock (pending 20 s, processing 40 s unless told)."""
-    started: list[RelaySimulator] = []
-
-    def make(**fields: Any) -> RelaySimulator:
-        settings: dict[str, Any] = {
-            "manual_clock": True,
-            "pending_seconds": 20.0,
-            "processing_seconds": 40.0,
-            **fields,
-        }
-        simulator = RelaySimulator(SimulatorConfig(**settings)).start()
-        started.append(simulator)
-        return simulator
-
-    yield make
-    for simulator in reversed(started):
-        simulator.stop()
+    return functools.partial(
+        luma_simulator_factory, manual_clock=True, pending_seconds=20.0, processing_seconds=40.0
+    )
 
 
 @pytest.fixture

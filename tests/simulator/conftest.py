@@ -10,11 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from luma_prefect.simulator import RelaySimulator, pytest_plugin
-
-# Only the root conftest may list pytest_plugins: take the plugin's fixtures from here.
-luma_simulator = pytest_plugin.luma_simulator
-luma_simulator_factory = pytest_plugin.luma_simulator_factory
+from luma_prefect.simulator import RelaySimulator
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
 

@@ -8,6 +8,7 @@ and the simulator's together, so a 30-minute wait runs in milliseconds and nothi
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from luma_prefect import LumaClient
-from luma_prefect.simulator import RelaySimulator, SimulatorConfig
+from luma_prefect.simulator import RelaySimulator
 
 
 class FakeClock:
@@ -60,24 +61,13 @@ class ListHandler(logging.Handler):
 
 
 @pytest.fixture
-def make_sim() -> Iterator[Callable[..., RelaySimulator]]:
-    """Start simulators on a manual clock (pending 60 s, processing 120 s unless told)."""
-    started: list[RelaySimulator] = []
-
-    def make(**fields: Any) -> RelaySimulator:
-        settings: dict[str, Any] = {
-            "manual_clock": True,
-            "pending_seconds": 60.0,
-            "processing_seconds": 120.0,
-        }
-        settings.update(fields)
-        simulator = RelaySimulator(SimulatorConfig(**settings)).start()
-        started.append(simulator)
-        return simulator
-
-    yield make
-    for simulator in reversed(started):
-        simulator.stop()
+def make_sim(
+    luma_simulator_factory: Callable[..., RelaySimulator],
+) -> Callable[..., RelaySimulator]:
+    """Simulators on a manual clock (pending 60 s, processing 120 s unless told)."""
+    return functools.partial(
+        luma_simulator_factory, manual_clock=True, pending_seconds=60.0, processing_seconds=120.0
+    )
 
 
 @pytest.fixture
