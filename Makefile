@@ -25,7 +25,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check luma_prefect tests flows deployments bench
 
 bench: $(STAMP)
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/bench_wait.py
+	$(BIN)/python bench/bench_download.py
 
 clean:
 	rm -rf $(VENV) luma-output .pytest_cache
