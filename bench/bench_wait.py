@@ -1,6 +1,6 @@
 """Benchmark: track 1,000 Luma generations at once, our wait engine against naive polling.
 
-    python bench/bench_wait.py [--n 1000] [--poll 1.0] [--batch 50]
+    python bench/bench_wait.py [--n 1000] [--poll 1.0] [--batch 100]
 
 Two approaches, each run in a fresh process against a fresh relay simulator:
 
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1000, help="generations tracked at once")
     parser.add_argument("--poll", type=float, default=1.0, help="poll interval, seconds")
-    parser.add_argument("--batch", type=int, default=50, help="ids per batch request")
+    parser.add_argument("--batch", type=int, default=100, help="ids per batch request")
     parser.add_argument("--pending", type=float, default=8.0, help="relay pending seconds")
     parser.add_argument("--processing", type=float, default=16.0, help="relay processing s")
     parser.add_argument("--jitter", type=float, default=0.5, help="duration spread, +-")
