@@ -27,7 +27,13 @@ from luma_prefect._exceptions import (
 from luma_prefect._models import ApiStyle, Generation, GenerationRequest
 from luma_prefect._parsing import parse_generation, parse_generations
 from luma_prefect._responses import read_body
-from luma_prefect._routes import Route, StyleRoutes, check_generation_id, normalise_prefix
+from luma_prefect._routes import (
+    Route,
+    StyleRoutes,
+    check_generation_id,
+    normalise_prefix,
+    public_url,
+)
 
 __all__ = ["LumaClient"]
 
@@ -100,6 +106,8 @@ class LumaClient:
                 "timeout_seconds must be > 0, and max_connections and batch_size >= 1."
             )
         self.base_url = base_url
+        # What messages show: a base URL may carry user:password or a query token.
+        self.shown_url = public_url(base_url)
         self.api_style: ApiStyle = api_style
         self.routes = StyleRoutes(api_style, normalise_prefix(route_prefix))
         self.retry = retry or RetryPolicy()
@@ -126,7 +134,7 @@ class LumaClient:
         )
 
     def __repr__(self) -> str:
-        return f"LumaClient(base_url={self.base_url!r}, api_style={self.api_style!r})"
+        return f"LumaClient(base_url={self.shown_url!r}, api_style={self.api_style!r})"
 
     async def __aenter__(self) -> LumaClient:
         return self
@@ -360,8 +368,14 @@ class LumaClient:
                     return read_body(response, action, generation_id, paid)
                 except LumaRateLimitError as exc:
                     error, retryable, retry_after = exc, True, exc.retry_after
-                except LumaServerError as exc:
-                    error, retryable = exc, not paid
+                except (LumaServerError, LumaProtocolError) as exc:
+                    if paid:
+                        # A 5xx from a gateway, or a 2xx we cannot read: the relay may well
+                        # have created the generation.
+                        raise self._redacted(self._uncertain(action, exc)) from None
+                    if isinstance(exc, LumaProtocolError):
+                        raise self._redacted(exc) from None
+                    error, retryable = exc, True
                 except LumaError as exc:
                     raise self._redacted(exc) from None
             retry_number += 1
@@ -375,12 +389,30 @@ class LumaClient:
         """The error with any secret the relay echoed back (some echo the key) blanked."""
         for secret in self._secrets:
             value = secret.get_secret_value()
-            if value and value in error.message:
+            if not value:
+                continue
+            if value in error.message:
                 error.message = error.message.replace(value, "**********")
                 error.args = (error.message,)
-            if isinstance(error, LumaHTTPError) and error.relay_message and value:
-                error.relay_message = error.relay_message.replace(value, "**********")
+            for field in ("relay_message", "body_excerpt"):
+                text = getattr(error, field, None)
+                if isinstance(text, str) and value in text:
+                    setattr(error, field, text.replace(value, "**********"))
         return error
+
+    def _uncertain(self, action: str, error: LumaError) -> LumaSubmitUncertainError:
+        if isinstance(error, LumaHTTPError):
+            said = f"HTTP {error.status_code}" + (
+                f": {error.relay_message}" if error.relay_message else ""
+            )
+        else:
+            said = "an answer that could not be read"
+        return LumaSubmitUncertainError(
+            f"{action} got {said}, so whether the relay created a paid generation is "
+            "unknown. It was not retried, so as not to pay twice: look at the relay's task "
+            f"list at {self.shown_url} before submitting again.",
+            generation_id=error.generation_id,
+        )
 
     def _transport_error(
         self, exc: httpx.TransportError, action: str, generation_id: str | None, paid: bool
@@ -390,11 +422,11 @@ class LumaClient:
             return LumaSubmitUncertainError(
                 f"{action} broke after the request may have reached the relay ({what}). It "
                 "was not retried, so as not to pay for a second generation: look at the "
-                f"relay's task list at {self.base_url} before submitting again.",
+                f"relay's task list at {self.shown_url} before submitting again.",
                 generation_id=generation_id,
             )
         return LumaTransportError(
-            f"{action} failed: could not talk to the relay at {self.base_url} ({what}). "
+            f"{action} failed: could not talk to the relay at {self.shown_url} ({what}). "
             "Check base_url and the network, then try again.",
             generation_id=generation_id,
         )
@@ -405,15 +437,10 @@ class LumaClient:
         except LumaProtocolError as exc:
             exc.generation_id = exc.generation_id or generation_id
             if paid:
-                exc.message = exc.args[0] + _PAID_BUT_UNREADABLE
-                exc.args = (exc.message,)
+                raise self._redacted(
+                    self._uncertain("Submitting a generation (HTTP 2xx)", exc)
+                ) from None
             raise
-
-
-_PAID_BUT_UNREADABLE = (
-    " The relay accepted the submit (HTTP 2xx), so a paid generation probably exists: find "
-    "its id in the relay's task list rather than submitting again."
-)
 
 
 def _no_batch_route(exc: BaseException) -> bool:

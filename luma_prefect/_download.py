@@ -30,12 +30,11 @@ from luma_prefect._download_http import (
     file_extension,
     media_client,
     progress_reporter,
-    public_url,
 )
 from luma_prefect._exceptions import LumaConfigurationError, LumaDownloadError, LumaError
 from luma_prefect._models import Generation, GenerationState
 from luma_prefect._results import DownloadedAsset, DownloadedGeneration
-from luma_prefect._routes import check_generation_id
+from luma_prefect._routes import check_generation_id, public_url
 from luma_prefect._storage import Storage
 
 __all__ = [
@@ -46,7 +45,6 @@ __all__ = [
     "ProgressCallback",
     "download_generation_files",
     "media_client",
-    "public_url",
 ]
 
 ASSET_NAMES: tuple[str, ...] = ("video", "thumbnail", "last_frame")

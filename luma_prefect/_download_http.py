@@ -20,7 +20,7 @@ import typing
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpcore
 import httpx
@@ -36,7 +36,6 @@ __all__ = [
     "file_extension",
     "media_client",
     "progress_reporter",
-    "public_url",
 ]
 
 _log = logging.getLogger("luma_prefect.download")
@@ -56,23 +55,6 @@ _EXTENSIONS = {
 _CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)", re.IGNORECASE)
 
 Progress = Callable[[int, int | None], Awaitable[None]]
-
-
-def public_url(url: str) -> str:
-    """The URL without query string, fragment or credentials (signed links carry secrets).
-
-    Example:
-        ```python
-        public_url("https://u:p@cdn.example/v.mp4?X-Amz-Signature=abc")
-        # "https://cdn.example/v.mp4"
-        ```
-    """
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def file_extension(content_type: str | None, url: str, name: str) -> str:

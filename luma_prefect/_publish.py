@@ -7,13 +7,13 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.events import emit_event
 
 from luma_prefect._models import Generation, GenerationRequest
 from luma_prefect._results import DownloadedGeneration
+from luma_prefect._routes import public_url
 
 __all__ = [
     "EVENT_COMPLETED",
@@ -24,7 +24,6 @@ __all__ = [
     "create_batch_table",
     "create_summary_artifact",
     "emit_generation_event",
-    "strip_secrets",
 ]
 
 EVENT_COMPLETED = "luma.generation.completed"
@@ -32,23 +31,6 @@ EVENT_FAILED = "luma.generation.failed"
 EVENT_PUBLISHED = "luma.generation.published"
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
-
-
-def strip_secrets(url: str | None) -> str | None:
-    """A URL without its query string and credentials (signed links carry secrets there).
-
-    Example:
-        ```python
-        strip_secrets("https://u:p@cdn.example/v.mp4?X-Amz-Signature=abc")
-        # "https://cdn.example/v.mp4"
-        ```
-    """
-    if not url:
-        return url
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def artifact_key(*parts: str) -> str:
@@ -107,12 +89,14 @@ def build_manifest(
                 "height": asset.height,
                 "duration": asset.duration,
                 "source_kind": asset.source_kind,
-                "source_url": strip_secrets(asset.source_url),
+                "source_url": public_url(asset.source_url),
             }
             for name, asset in downloaded.assets.items()
         },
         "relay": {
-            "base_url": strip_secrets(downloaded.relay_base_url),
+            "base_url": public_url(downloaded.relay_base_url)
+            if downloaded.relay_base_url
+            else None,
             "style": downloaded.relay_style,
         },
     }
@@ -144,7 +128,12 @@ async def create_summary_artifact(
     if generation.prompt:
         lines += [f"> {_md(generation.prompt)}", ""]
     thumbnail = downloaded.assets.get("thumbnail")
-    preview = generation.thumbnail.url if generation.thumbnail else None
+    # The relay's own link, without its signature: signed links must not reach artifacts.
+    preview = (
+        public_url(generation.thumbnail.url)
+        if generation.thumbnail and generation.thumbnail.url
+        else None
+    )
     if preview:
         lines += [f"![thumbnail]({preview})", ""]
     lines += ["| file | bytes | sha256 | source |", "|---|---:|---|---|"]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from luma_prefect._exceptions import LumaConfigurationError
 from luma_prefect._models import ApiStyle
 
-__all__ = ["Route", "StyleRoutes", "check_generation_id", "normalise_prefix"]
+__all__ = ["Route", "StyleRoutes", "check_generation_id", "normalise_prefix", "public_url"]
 
 API_STYLES: tuple[ApiStyle, ...] = ("generations", "task", "official")
 _OFFICIAL_ROOT = "/dream-machine/v1/generations"
@@ -33,6 +33,23 @@ def check_generation_id(generation_id: object) -> str:
             "digits, '-', '_', '.' and ':' (a uuid on every known relay), without '..' or '/'."
         )
     return text
+
+
+def public_url(url: str) -> str:
+    """The URL without query string, fragment or credentials (signed links carry secrets).
+
+    Example:
+        ```python
+        public_url("https://u:p@cdn.example/v.mp4?X-Amz-Signature=abc")
+        # "https://cdn.example/v.mp4"
+        ```
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def normalise_prefix(prefix: str | None) -> str:

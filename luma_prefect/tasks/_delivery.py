@@ -14,7 +14,6 @@ from luma_prefect._download import (
     DEFAULT_MAX_BYTES,
     VIDEO_SOURCES,
     download_generation_files,
-    public_url,
 )
 from luma_prefect._models import Generation, GenerationRequest
 from luma_prefect._publish import (
@@ -27,7 +26,7 @@ from luma_prefect._publish import (
     manifest_bytes,
 )
 from luma_prefect._results import DownloadedGeneration, PublishedGeneration
-from luma_prefect._routes import check_generation_id
+from luma_prefect._routes import check_generation_id, public_url
 from luma_prefect._storage import storage_for
 from luma_prefect.tasks._common import (
     READ_OPTIONS,

@@ -678,13 +678,16 @@ class TestPaidRequestRetries:
     async def test_not_retried_on_server_errors(
         self, relay, make_client, sleeps, operation, status
     ):
-        """A 5xx after a POST: one POST only; the message warns against a blind resubmit."""
+        """A 5xx after a POST may hide a created generation: one POST only, and an
+        uncertain-submit error that warns against a blind resubmit."""
         path, call = SUBMITS[operation]
         route = relay.post(path).respond(status, json={"detail": "upstream timeout"})
-        with pytest.raises(LumaServerError) as caught:
+        with pytest.raises(LumaSubmitUncertainError) as caught:
             await call(make_client())
         assert route.call_count == 1
         assert sleeps == []
+        assert f"HTTP {status}" in str(caught.value)
+        assert "upstream timeout" in str(caught.value)
         assert "before submitting again" in str(caught.value)
 
     @pytest.mark.parametrize(
@@ -710,12 +713,17 @@ class TestPaidRequestRetries:
     async def test_unreadable_2xx_says_a_generation_probably_exists(
         self, relay, make_client, operation
     ):
-        """A 2xx answer we cannot read: warn that the paid generation probably exists."""
+        """A 2xx answer we cannot read (not a generation, or not JSON at all): the paid
+        generation may exist, so an uncertain-submit error, never 'try again later'."""
         path, call = SUBMITS[operation]
         route = relay.post(path).respond(200, json={"ok": True})
-        with pytest.raises(LumaProtocolError, match="rather than submitting again"):
+        with pytest.raises(LumaSubmitUncertainError, match="before submitting again"):
             await call(make_client())
-        assert route.call_count == 1
+        relay.post(path).respond(200, text='{"id": "abc", "sta')
+        with pytest.raises(LumaSubmitUncertainError) as caught:
+            await call(make_client())
+        assert "try again later" not in str(caught.value)
+        assert route.call_count == 2  # one POST per call, never a retry
 
 
 # --- invalid input -----------------------------------------------------------------------------
