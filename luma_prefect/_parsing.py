@@ -7,6 +7,7 @@ object with `assets`. Error shapes: `{"error": {...}}`, `{"code", "message"}`, `
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -36,7 +37,18 @@ def parse_generations(body: Any) -> list[Generation]:
     if isinstance(body, Mapping):
         return [_parse_item(body)]
     if isinstance(body, list):
-        return [_parse_item(item) for item in body]
+        if len(body) == 1:
+            return [_parse_item(body[0])]
+        # In a batch, one object no style could produce must not hide the others.
+        parsed, first_error = [], None
+        for item in body:
+            try:
+                parsed.append(_parse_item(item))
+            except LumaProtocolError as exc:
+                first_error = first_error or exc
+        if first_error is not None and not parsed:
+            raise first_error
+        return parsed
     raise LumaProtocolError(
         f"Expected a generation object or a list of them, got {type(body).__name__}.",
         body_excerpt=repr(body)[:200],
@@ -145,7 +157,7 @@ def _build(item: Mapping[str, Any], **fields: Any) -> Generation:
             state=GenerationState.from_relay(item.get("state")),
             raw_state=_word(item.get("state")),
             created_at=item.get("created_at"),
-            failure_reason=item.get("failure_reason") or None,
+            failure_reason=_reason(item.get("failure_reason")),
             estimate_wait_seconds=item.get("estimate_wait_seconds"),
             raw=dict(item),
             **{
@@ -162,10 +174,20 @@ def _build(item: Mapping[str, Any], **fields: Any) -> Generation:
 
 def _asset(model: type[VideoAsset] | type[ImageAsset], value: Any) -> Any:
     if isinstance(value, Mapping):
-        asset = model.model_validate(value)
+        try:
+            asset = model.model_validate(value)
+        except ValidationError:
+            # A malformed asset (e.g. a number for its url) is left out; `raw` still has it.
+            return None
         return asset if asset.url or getattr(asset, "download_url", None) else None
     url = _url(value)
     return model(url=url) if url else None
+
+
+def _reason(value: Any) -> str | None:
+    if value in (None, "", {}, []):
+        return None
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def _url(value: Any) -> str | None:

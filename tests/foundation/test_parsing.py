@@ -479,3 +479,24 @@ def test_request_id_header_wins_and_is_read_case_insensitively():
 def test_error_info_other_shapes(body: Any, message: str | None):
     """Less common error shapes still give the relay's words (or None, never a crash)."""
     assert error_info(body, httpx.Headers()).message == message
+
+
+def test_malformed_parts_of_an_object_are_left_out_not_fatal() -> None:
+    """A url that is a number, or a failure_reason that is an object, keep the generation."""
+    generation = parse_generation(
+        {
+            "id": "abc",
+            "state": "failed",
+            "video": {"url": 123},
+            "thumbnail": {"url": "https://cdn.example/t.jpg", "width": "wide"},
+            "failure_reason": {"code": 7, "detail": "moderation"},
+        }
+    )
+    assert generation.video is None
+    assert generation.thumbnail is not None and generation.thumbnail.width is None
+    assert generation.failure_reason is not None and "moderation" in generation.failure_reason
+
+
+def test_one_unparseable_object_in_a_batch_does_not_hide_the_others() -> None:
+    generations = parse_generations([{"id": "a", "state": "pending"}, {"no": "id"}, "x"])
+    assert [g.id for g in generations] == ["a"]
