@@ -143,6 +143,17 @@ class Claims:
             return None
         return str(current.get("owner")) if current.get("owner") else None
 
+    def abandoned(self, generation_id: str) -> bool:
+        """True when the claim's holder is known dead (same machine, process gone).
+
+        Example:
+            ```python
+            claims.abandoned(generation_id)
+            ```
+        """
+        _, current = self._current(generation_id)
+        return bool(current) and not current.get("released") and _holder_gone(current)
+
     def release(self, generation_id: str, owner: str) -> None:
         """Give the claim back, if `owner` still holds it.
 

@@ -110,6 +110,43 @@ class Ledger:
         data = self._read(f"{_ROOT}/submits/{key}.json")
         return str(data["generation_id"]) if data and data.get("generation_id") else None
 
+    def submission_in_doubt(self, key: str) -> bool:
+        """True when a submit under this key began but its answer was never recorded.
+
+        The relay may have created (and charged) a generation that nobody knows the id of.
+
+        Example:
+            ```python
+            if ledger.submission_in_doubt(key):
+                ...  # do not submit again blindly
+            ```
+        """
+        data = self._read(f"{_ROOT}/submits/{key}.json")
+        return bool(data) and data.get("state") == "sending" and not data.get("generation_id")
+
+    def begin_submission(self, key: str, flow_run_id: str | None) -> None:
+        """Note that a submit under this key is about to be sent (before the paid POST).
+
+        Example:
+            ```python
+            ledger.begin_submission(key, run_id)
+            ```
+        """
+        self._write(
+            f"{_ROOT}/submits/{key}.json",
+            {"state": "sending", "flow_run_id": flow_run_id, "at": self._clock().isoformat()},
+        )
+
+    def abandon_submission(self, key: str) -> None:
+        """Forget a submit that certainly created nothing (refused, or never sent).
+
+        Example:
+            ```python
+            ledger.abandon_submission(key)
+            ```
+        """
+        self.storage.delete(f"{_ROOT}/submits/{key}.json")
+
     def record_submitted(
         self,
         generation: Generation,
@@ -176,6 +213,16 @@ class Ledger:
         self._write_record(record)
         return record
 
+    def updated_at(self, record: LedgerRecord) -> datetime | None:
+        """When a record last changed.
+
+        Example:
+            ```python
+            ledger.updated_at(record)
+            ```
+        """
+        return max(record.times().values(), default=None)
+
     def unfinished(self) -> list[LedgerRecord]:
         """Every recorded generation not yet published nor failed, oldest first.
 
@@ -217,6 +264,16 @@ class Ledger:
             ```
         """
         return self._claims.owner(generation_id)
+
+    def claim_abandoned(self, generation_id: str) -> bool:
+        """True when a claim is held by a process known to be dead (on this machine).
+
+        Example:
+            ```python
+            ledger.claim_abandoned(generation_id)
+            ```
+        """
+        return self._claims.abandoned(generation_id)
 
     def release(self, generation_id: str, owner: str) -> None:
         """Give back a claim `owner` holds; a claim someone else took over is left alone.

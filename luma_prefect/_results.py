@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from luma_prefect._models import Generation
 
@@ -110,8 +110,33 @@ class GenerationOutcome(BaseModel):
     generation_id: str
     status: OutcomeStatus
     published: PublishedGeneration | None = None
+    # The error itself, for flows that re-raise it (not serialised with the outcome).
+    _exception: Exception | None = PrivateAttr(default=None)
     generation: Generation | None = Field(default=None, description="The last state seen.")
     error: str | None = Field(default=None, description="What went wrong, when it did.")
+
+    def with_exception(self, exception: Exception) -> GenerationOutcome:
+        """This outcome, carrying the error that ended it (for callers that re-raise it).
+
+        Example:
+            ```python
+            outcome = GenerationOutcome(generation_id=gid, status="error").with_exception(exc)
+            ```
+        """
+        self._exception = exception
+        return self
+
+    @property
+    def exception(self) -> Exception | None:
+        """The error that ended this generation, when this process saw it happen.
+
+        Example:
+            ```python
+            if outcome.exception is not None:
+                raise outcome.exception
+            ```
+        """
+        return self._exception
 
     @property
     def ok(self) -> bool:

@@ -12,7 +12,7 @@ import os
 import socket
 import time
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
@@ -24,6 +24,7 @@ from luma_prefect._exceptions import (
     LumaError,
     LumaGenerationFailed,
     LumaNotFoundError,
+    LumaSubmitUncertainError,
     LumaWaitTimeout,
 )
 from luma_prefect._ledger import Ledger, LedgerRecord
@@ -36,7 +37,7 @@ from luma_prefect._publish import (
     emit_generation_event,
 )
 from luma_prefect._results import AssetName, GenerationOutcome, PublishedGeneration
-from luma_prefect._routes import check_generation_id
+from luma_prefect._routes import check_generation_id, public_url
 from luma_prefect._storage import storage_for
 from luma_prefect.credentials import LumaRelayCredentials
 from luma_prefect.tasks import (
@@ -58,6 +59,8 @@ DEFAULT_CREDENTIALS = "luma-relay"
 DEFAULT_DESTINATION = "luma-output"
 DEFAULT_ASSETS: tuple[AssetName, ...] = ("video", "thumbnail", "last_frame")
 _CLAIM_TTL = timedelta(minutes=15)
+# Longer than any wait's default timeout (30 min): a record this still belongs to nobody.
+_STUCK_AFTER = timedelta(hours=1)
 _FINAL_RUN_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
@@ -127,8 +130,8 @@ async def generate_video(
         idempotency_key,
     )
     if outcome.published is None:
-        raise LumaError(
-            outcome.error or "The generation was not published.",
+        raise outcome.exception or LumaError(
+            outcome.error or f"Generation {outcome.generation_id} was not published.",
             generation_id=outcome.generation_id,
         )
     return outcome.published
@@ -263,12 +266,13 @@ async def collect_pending(
     """
     block = await resolve_credentials(credentials)
     logger = get_run_logger()
-    records = Ledger(storage_for(destination)).unfinished()
-    mine = [r for r in records if _same_relay(r, block)]
+    ledger = Ledger(storage_for(destination))
+    records = ledger.unfinished()
+    mine = [r for r in records if _same_relay(r, block) and await _left_behind(ledger, r)]
     if len(mine) < len(records):
-        logger.warning(
-            "%d unfinished generation(s) belong to another relay and are left for a sweep "
-            "with those credentials.",
+        logger.info(
+            "%d unfinished generation(s) are left alone: their flow run is still at work, "
+            "or they belong to another relay.",
             len(records) - len(mine),
         )
     logger.info("%d unfinished generation(s) in the ledger.", len(mine))
@@ -276,7 +280,13 @@ async def collect_pending(
         return []
     options = _WaitOptions(timeout_seconds, poll_interval_seconds, max_poll_interval_seconds)
     outcomes = await _collect(
-        block, [r.generation_id for r in mine], destination, options, list(assets), batch_size
+        block,
+        [r.generation_id for r in mine],
+        destination,
+        options,
+        list(assets),
+        batch_size,
+        skip_published=True,
     )
     await _report_batch(outcomes, "luma-collect-pending", "never")
     return outcomes
@@ -304,7 +314,13 @@ async def _generate_one(
 ) -> GenerationOutcome:
     """Submit (once), wait, deliver one generation; generation-level errors become outcomes."""
     ledger = Ledger(storage_for(destination))
-    generation_id = await _submit_once(block, request, ledger, idempotency_key)
+    try:
+        generation_id = await _submit_once(block, request, ledger, idempotency_key)
+    except LumaError as exc:
+        get_run_logger().error("Submitting %r failed: %s", request.prompt or "", exc)
+        return GenerationOutcome(
+            generation_id=exc.generation_id or "", status="error", error=str(exc)
+        ).with_exception(exc)
     try:
         generation = await wait_for_generation(block, generation_id, **options.as_kwargs())
     except LumaError as exc:
@@ -326,11 +342,26 @@ async def _submit_once(
         request,
         idempotency_key,
     )
-    recorded = ledger.find_submission(key) if flow_run_id else None
-    if recorded:
-        logger.info("Reusing generation %s submitted earlier in this flow run.", recorded)
-        return recorded
-    generation = await submit_generation(block, request, idempotency_key)
+    if flow_run_id:
+        recorded = ledger.find_submission(key)
+        if recorded:
+            logger.info("Reusing generation %s submitted earlier in this flow run.", recorded)
+            return recorded
+        if ledger.submission_in_doubt(key):
+            raise LumaSubmitUncertainError(
+                "An earlier attempt of this flow run to submit this request broke off after "
+                "it may have reached the relay, so it is not submitted again (that could pay "
+                f"twice). Look at the relay's task list at {public_url(block.base_url)}; to "
+                "submit anew on purpose, pass a new idempotency_key."
+            )
+        ledger.begin_submission(key, str(flow_run_id))
+    try:
+        generation = await submit_generation(block, request, idempotency_key)
+    except LumaSubmitUncertainError:
+        raise  # the intent stays recorded: a retried run will not pay twice
+    except LumaError:
+        ledger.abandon_submission(key)  # refused or never sent: nothing was created
+        raise
     try:
         ledger.record_submitted(
             generation,
@@ -358,6 +389,8 @@ async def _collect(
     options: _WaitOptions,
     assets: list[AssetName],
     batch_size: int,
+    *,
+    skip_published: bool = False,
 ) -> list[GenerationOutcome]:
     """Batched wait; each generation is delivered as soon as a wait round returns it."""
     ledger = Ledger(storage_for(destination))
@@ -390,7 +423,10 @@ async def _collect(
             if isinstance(result, LumaError):
                 outcomes[generation_id] = _ended(ledger, generation_id, result)
         delivered = await asyncio.gather(
-            *(_deliver(block, g, destination, ledger, assets, None) for g in ready)
+            *(
+                _deliver(block, g, destination, ledger, assets, None, skip_published=skip_published)
+                for g in ready
+            )
         )
         outcomes.update((o.generation_id, o) for o in delivered)
         remaining = [i for i, r in zip(remaining, results, strict=True) if r is None]
@@ -404,31 +440,38 @@ async def _deliver(
     ledger: Ledger,
     assets: list[AssetName],
     request: GenerationRequest | None,
+    *,
+    skip_published: bool = False,
 ) -> GenerationOutcome:
-    """Claim, download, publish; one publish per generation even with concurrent sweeps."""
+    """Claim, download, publish; one publish per generation even with concurrent sweeps.
+
+    `skip_published`: sweeps leave alone what another run published meanwhile; an explicit
+    collect of a published generation re-verifies its files and publishes it again.
+    """
     logger = get_run_logger()
-    ledger.mark(generation.id, "completed")
-    emit_generation_event(EVENT_COMPLETED, generation)
     owner = str(current_flow_run.id or f"{socket.gethostname()}-{os.getpid()}")
-    if not await _claim(ledger, generation.id, owner):
-        logger.warning(
-            "Generation %s is claimed by %s, which is publishing it now; leaving it to it.",
-            generation.id,
-            ledger.claim_owner(generation.id),
-        )
-        return GenerationOutcome(
-            generation_id=generation.id,
-            status="error",
-            generation=generation,
-            error="Another flow run is publishing this generation now.",
-        )
+    claimed = False
     try:
+        claimed = await _claim(ledger, generation.id, owner)
+        if not claimed:
+            holder = ledger.claim_owner(generation.id)
+            message = (
+                f"Generation {generation.id} is being published by flow run {holder} right "
+                f"now; its files and manifest.json will be in {generation.id}/ of the "
+                "destination. Nothing to do here."
+            )
+            logger.warning(message)
+            return GenerationOutcome(
+                generation_id=generation.id, status="error", generation=generation, error=message
+            )
         record = ledger.get(generation.id)
-        if record is not None and record.status == "published":
+        if skip_published and record is not None and record.status == "published":
             logger.info("Generation %s was already published; skipping it.", generation.id)
             return GenerationOutcome(
                 generation_id=generation.id, status="published", generation=generation
             )
+        ledger.mark(generation.id, "completed")
+        emit_generation_event(EVENT_COMPLETED, generation)
         downloaded = await download_generation(block, generation, destination, assets=assets)
         ledger.mark(generation.id, "downloaded")
         published = await publish_generation(
@@ -444,13 +487,14 @@ async def _deliver(
             published=published,
             generation=generation,
         )
-    except LumaError as exc:
+    except (LumaError, OSError) as exc:
         logger.error("Generation %s was not published: %s", generation.id, exc)
         return GenerationOutcome(
             generation_id=generation.id, status="error", generation=generation, error=str(exc)
-        )
+        ).with_exception(exc)
     finally:
-        ledger.release(generation.id, owner)
+        if claimed:
+            ledger.release(generation.id, owner)
 
 
 async def _claim(ledger: Ledger, generation_id: str, owner: str) -> bool:
@@ -476,7 +520,6 @@ def _ended(ledger: Ledger, generation_id: str, error: LumaError) -> GenerationOu
     """The outcome of a generation whose wait ended without a generation to deliver."""
     generation = getattr(error, "generation", None)
     if isinstance(error, LumaGenerationFailed):
-        ledger.mark(generation_id, "failed", error=str(error))
         emit_generation_event(EVENT_FAILED, error.generation)
         status: Any = "failed"
     elif isinstance(error, LumaWaitTimeout):
@@ -486,9 +529,14 @@ def _ended(ledger: Ledger, generation_id: str, error: LumaError) -> GenerationOu
     else:
         status = "error"
     get_run_logger().error("Generation %s: %s", generation_id, error)
+    try:
+        if isinstance(error, LumaGenerationFailed):
+            ledger.mark(generation_id, "failed", error=str(error))
+    except (LumaError, OSError) as exc:
+        get_run_logger().error("Could not mark %s failed in the ledger: %s", generation_id, exc)
     return GenerationOutcome(
         generation_id=generation_id, status=status, generation=generation, error=str(error)
-    )
+    ).with_exception(error)
 
 
 def _recorded_request(record: LedgerRecord | None) -> GenerationRequest | None:
@@ -498,6 +546,22 @@ def _recorded_request(record: LedgerRecord | None) -> GenerationRequest | None:
         return GenerationRequest.model_validate(record.request)
     except ValueError:
         return None
+
+
+async def _left_behind(ledger: Ledger, record: LedgerRecord) -> bool:
+    """Whether a sweep should finish this record: its flow run is over, or it is stuck.
+
+    A run still at work (waiting, downloading) finishes its own generation; taking it from
+    under it would fail a healthy run. Stuck means: its claim is held by a dead process, or
+    it has not moved for longer than any wait (a worker killed without anyone marking its
+    flow run Crashed).
+    """
+    if not record.flow_run_id or await _flow_run_finished(record.flow_run_id):
+        return True
+    if ledger.claim_abandoned(record.generation_id):
+        return True
+    updated = ledger.updated_at(record)
+    return updated is None or datetime.now(timezone.utc) - updated > _STUCK_AFTER
 
 
 def _same_relay(record: LedgerRecord, block: LumaRelayCredentials) -> bool:

@@ -14,7 +14,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.filesystems import RemoteFileSystem
 
-from luma_prefect import GenerationRequest, LumaError
+from luma_prefect import GenerationRequest, LumaError, LumaSubmitUncertainError
 from luma_prefect._ledger import Ledger
 from luma_prefect._storage import storage_for
 from luma_prefect.flows import (
@@ -246,3 +246,39 @@ async def test_generate_videos_runs_many_bounded(sim: RelaySimulator, tmp_path: 
     assert [o.status for o in outcomes] == ["published"] * 3
     assert sim.counters().submits_accepted == 3
     assert len({o.generation_id for o in outcomes}) == 3
+
+
+async def test_a_retried_run_never_pays_again_after_a_submit_that_broke_off(
+    sim: RelaySimulator, tmp_path: Path
+) -> None:
+    """The submit reaches the relay but the answer is cut: the retried flow run must not
+    POST again (it would create a second paid generation); it says what to check instead."""
+    sim.add_fault(Fault(FaultKind.DROP_CONNECTION, routes=("submit",), times=1))
+
+    with pytest.raises(LumaSubmitUncertainError, match="new idempotency_key"):
+        await generate_video.with_options(retries=1, retry_delay_seconds=0)(
+            prompt="cut answer",
+            credentials=sim.credentials(),
+            destination=str(tmp_path),
+            **FAST,
+        )
+
+    assert sim.counters().submits_accepted == 1
+
+
+async def test_one_refused_submit_does_not_abandon_the_rest_of_a_batch(
+    sim: RelaySimulator, tmp_path: Path
+) -> None:
+    sim.add_fault(Fault(FaultKind.ERROR_BODY_200, routes=("submit",), times=1))
+    requests = [GenerationRequest(prompt=f"clip {i}") for i in range(3)]
+
+    outcomes = await generate_videos(
+        requests,
+        max_concurrent=1,
+        credentials=sim.credentials(),
+        destination=str(tmp_path),
+        **FAST,
+    )
+
+    assert sorted(o.status for o in outcomes) == ["error", "published", "published"]
+    assert sim.counters().submits_accepted == 2
