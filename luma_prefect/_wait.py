@@ -7,6 +7,7 @@ route (`find_generations`), so a round costs about `ceil(N / batch_size)` reques
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -35,6 +36,8 @@ __all__ = ["Clock", "SystemClock", "WaitSettings", "normalise_states", "wait_for
 _TRANSIENT = (LumaServerError, LumaTransportError, LumaProtocolError, LumaRateLimitError)
 # Per-id logging stops being useful (and costs the Prefect API) on large batches.
 _LOG_EACH_ID_UP_TO = 25
+# Seconds a poll may run past the deadline: room for the one last poll to answer.
+_POLL_GRACE = 10.0
 
 
 ProgressCallback = Callable[[int, int], Awaitable[None]]
@@ -93,7 +96,7 @@ async def wait_for_generations(
         last_round = now >= deadline
         retry_after: float | None = None
         try:
-            found = await _poll(client, list(pending))
+            found = await _bounded_poll(client, list(pending), deadline - now)
         except LumaAuthError:
             raise
         except _TRANSIENT as exc:
@@ -139,6 +142,19 @@ async def wait_for_generations(
         interval = min(interval * settings.backoff_factor, settings.max_poll_interval_seconds)
         await clock.sleep(max(min(delay, deadline - clock.monotonic()), 0.0))
     return {i: results[i] for i in ids if i in results}
+
+
+async def _bounded_poll(
+    client: LumaClient, ids: list[str], seconds_left: float
+) -> dict[str, Generation]:
+    """One round, cut off shortly after the deadline: the client's own retries (and a
+    relay's long Retry-After) must not stretch a wait past it."""
+    try:
+        return await asyncio.wait_for(_poll(client, ids), max(seconds_left, 0.0) + _POLL_GRACE)
+    except asyncio.TimeoutError:
+        raise LumaTransportError(
+            f"Polling {len(ids)} generation(s) did not finish before the wait's deadline."
+        ) from None
 
 
 async def _poll(client: LumaClient, ids: list[str]) -> dict[str, Generation]:
@@ -291,6 +307,9 @@ def _give_up(
             "collect it later by its id."
         )
         gave_up.args = (gave_up.message,)
+        # The wait already absorbed its share of trouble: a Prefect retry would restart the
+        # whole wait with a fresh deadline.
+        gave_up.wait_gave_up = True  # type: ignore[attr-defined]
         results[generation_id] = gave_up
         del pending[generation_id]
 

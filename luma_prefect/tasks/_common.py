@@ -56,6 +56,8 @@ def retry_on_transient_errors(task: Task[Any, Any], task_run: TaskRun, state: St
     error = state.data
     if isinstance(error, LumaDownloadError):
         return error.retryable
+    if getattr(error, "wait_gave_up", False):
+        return False
     return not isinstance(error, _FINAL_ERRORS)
 
 

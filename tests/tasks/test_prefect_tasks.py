@@ -483,3 +483,24 @@ async def test_tasks_work_from_an_async_flow(
 
 def test_the_default_wait_clock_is_the_real_one() -> None:
     assert isinstance(luma_tasks._common.wait_clock, SystemClock)
+
+
+async def test_a_wait_that_gave_up_is_not_restarted_by_prefect(
+    sim: RelaySimulator, clock: FakeClock, client_for: Any
+) -> None:
+    """The wait's own error budget already absorbed the trouble: a Prefect retry would
+    start the whole wait again with a fresh deadline."""
+    from luma_prefect._wait import WaitSettings, wait_for_generations
+    from luma_prefect.simulator import Fault, FaultKind
+
+    client = client_for(sim, clock)
+    generation_id = sim.create_generation(prompt="busy relay", state="processing")
+    sim.add_fault(Fault(FaultKind.SERVER_ERROR, status=503, routes=("query",)))
+    settings = WaitSettings(max_consecutive_errors=2)
+
+    results = await wait_for_generations(client, [generation_id], settings, clock=clock)
+
+    error = results[generation_id]
+    assert isinstance(error, LumaServerError)
+    task_run = TaskRun(task_key="k", dynamic_key="0", name="t", flow_run_id=uuid.uuid4())
+    assert retry_on_transient_errors(fetch_generation, task_run, failed(error)) is False
