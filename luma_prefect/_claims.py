@@ -96,6 +96,7 @@ class Claims:
 
     Example:
         ```python
+        now = lambda: datetime.now(timezone.utc)
         claims = Claims(storage_for("./luma-output"), ".luma-ledger/claims", clock=now)
         if claims.take(generation_id, "run-1", stale_after=timedelta(minutes=15)):
             try:

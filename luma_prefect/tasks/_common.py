@@ -50,7 +50,7 @@ def retry_on_transient_errors(task: Task[Any, Any], task_run: TaskRun, state: St
     Example:
         ```python
         @task(retries=3, retry_condition_fn=retry_on_transient_errors)
-        async def my_read(...): ...
+        async def my_read(generation_id: str) -> str: ...
         ```
     """
     error = state.data
