@@ -142,7 +142,7 @@ async def _submit_once(
             key=key,
             request=request,
             flow_run_id=str(flow_run_id) if flow_run_id else None,
-            relay_base_url=block.base_url,
+            relay_base_url=public_url(block.base_url),  # never user:password
             relay_style=block.api_style,
         )
     except (OSError, LumaError) as exc:
@@ -339,7 +339,7 @@ async def left_behind(ledger: Ledger, record: LedgerRecord) -> bool:
 
 
 def same_relay(record: LedgerRecord, block: LumaRelayCredentials) -> bool:
-    return record.relay_base_url in (None, block.base_url)
+    return record.relay_base_url in (None, public_url(block.base_url))
 
 
 async def report_batch(
