@@ -282,3 +282,35 @@ async def test_one_refused_submit_does_not_abandon_the_rest_of_a_batch(
 
     assert sorted(o.status for o in outcomes) == ["error", "published", "published"]
     assert sim.counters().submits_accepted == 2
+
+
+async def test_collect_pending_leaves_a_live_run_its_generation_then_finishes_it(
+    sim: RelaySimulator, tmp_path: Path
+) -> None:
+    """A sweep must not take a generation from under the run still working on it (that
+    would fail a healthy run); once that run is over, the sweep finishes it."""
+    from prefect import flow
+    from prefect.runtime import flow_run
+
+    from luma_prefect import Generation
+
+    destination = str(tmp_path)
+    generation_id = sim.create_generation(prompt="still mine", state="completed")
+
+    @flow
+    async def owner_still_at_work() -> list[Any]:
+        Ledger(storage_for(destination)).record_submitted(
+            Generation(id=generation_id, state="pending"),
+            key="owner-key",
+            request=GenerationRequest(prompt="still mine"),
+            flow_run_id=str(flow_run.id),
+            relay_base_url=sim.base_url,
+            relay_style="generations",
+        )
+        return await collect_pending(credentials=sim.credentials(), destination=destination, **FAST)
+
+    assert await owner_still_at_work() == []
+
+    outcomes = await collect_pending(credentials=sim.credentials(), destination=destination, **FAST)
+
+    assert [(o.generation_id, o.status) for o in outcomes] == [(generation_id, "published")]
