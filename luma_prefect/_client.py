@@ -365,7 +365,7 @@ class LumaClient:
                     time.monotonic() - started,
                 )
                 try:
-                    return read_body(response, action, generation_id, paid)
+                    return read_body(response, action, generation_id)
                 except LumaRateLimitError as exc:
                     error, retryable, retry_after = exc, True, exc.retry_after
                 except (LumaServerError, LumaProtocolError) as exc:

@@ -25,7 +25,7 @@ __all__ = ["read_body"]
 _SUCCESS_CODES = {"success", "0", "200"}
 
 
-def read_body(response: httpx.Response, action: str, generation_id: str | None, paid: bool) -> Any:
+def read_body(response: httpx.Response, action: str, generation_id: str | None) -> Any:
     """The JSON body of a successful answer; raise the right `LumaError` for any other."""
     status = response.status_code
     try:
@@ -71,7 +71,7 @@ def read_body(response: httpx.Response, action: str, generation_id: str | None, 
     said = f": {info.message}" if info.message else ""
     shown_id = info.request_id and info.request_id not in (info.message or "")
     request_id = f" (request id {info.request_id})" if shown_id else ""
-    message = f"{action} failed with {shown_status}{said}{request_id}. " + _hint(error_class, paid)
+    message = f"{action} failed with {shown_status}{said}{request_id}. " + _hint(error_class)
     kwargs: dict[str, Any] = {
         "status_code": status,
         "relay_message": info.message,
@@ -85,7 +85,7 @@ def read_body(response: httpx.Response, action: str, generation_id: str | None, 
     raise error_class(message, **kwargs)
 
 
-def _hint(error_class: type[LumaHTTPError], paid: bool) -> str:
+def _hint(error_class: type[LumaHTTPError]) -> str:
     if error_class is LumaAuthError:
         return (
             "The relay refused the key: check api_key in the LumaRelayCredentials block "
@@ -98,11 +98,6 @@ def _hint(error_class: type[LumaHTTPError], paid: bool) -> str:
         )
     if error_class is LumaRateLimitError:
         return "The relay is rate limiting: slow down, or try again later."
-    if error_class is LumaServerError and paid:
-        return (
-            "The submit was not retried: the relay may still have created the generation, so "
-            "look at its task list before submitting again."
-        )
     if error_class is LumaServerError:
         return "Trouble on the relay's side, usually passing: try again later."
     return "Fix the request as the relay says, then submit again."

@@ -448,7 +448,7 @@ def test_each_error_body_maps_to_its_error_class(shape: str, load_fixture):
         status, content=json.dumps(body).encode(), request=httpx.Request("GET", "https://x/")
     )
     with pytest.raises(error_class) as caught:
-        read_body(response, "Querying generation g-1", "g-1", paid=False)
+        read_body(response, "Querying generation g-1", "g-1")
     expected_message = ERROR_BODY_EXPECTATIONS[shape][0]
     assert caught.value.relay_message == expected_message
     assert expected_message in str(caught.value)
