@@ -25,8 +25,9 @@ from urllib.parse import urlsplit
 import httpcore
 import httpx
 
-from luma_prefect._download_net import LargeReads, PlainTCPBackend
+from luma_prefect._download_net import LargeReads
 from luma_prefect._exceptions import LumaDownloadError
+from luma_prefect._plain_http import PlainHTTPTransport
 from luma_prefect._storage import PartFile
 
 __all__ = [
@@ -97,22 +98,29 @@ def _transport(max_connections: int, backend: Any) -> httpx.AsyncHTTPTransport:
 def media_client(max_connections: int = 3) -> httpx.AsyncClient:
     """A plain client for CDN links: no relay key, redirects followed, large socket reads.
 
+    With a proxy configured in the environment (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`,
+    with `NO_PROXY`), httpx's own transports carry everything through it; otherwise plain
+    `http://` bodies come through `PlainHTTPTransport` and https reads are 1 MiB large.
+
     Example:
         ```python
         async with media_client() as http:
             done = await download_generation_files(client, generation, storage, http=http)
         ```
     """
-    mounts: dict[str, httpx.AsyncBaseTransport] = {}
-    if not urllib.request.getproxies().keys() & {"http", "all"}:
-        # Plain http goes through the lean socket path; a proxy would need httpx's own.
-        mounts["http://"] = _transport(max_connections, lambda _: PlainTCPBackend())
+    options: dict[str, Any] = {
+        "follow_redirects": True,
+        "timeout": httpx.Timeout(60.0, connect=15.0),
+        "headers": {"User-Agent": "luma-prefect/0.1"},
+    }
+    if urllib.request.getproxies().keys() - {"no"}:
+        # httpx applies environment proxies only to the transports it builds itself.
+        limits = httpx.Limits(max_connections=max_connections)
+        return httpx.AsyncClient(verify=_ssl_context(), limits=limits, **options)
     return httpx.AsyncClient(
         transport=_transport(max_connections, LargeReads),
-        mounts=mounts,
-        follow_redirects=True,
-        timeout=httpx.Timeout(60.0, connect=15.0),
-        headers={"User-Agent": "luma-prefect/0.1"},
+        mounts={"http://": PlainHTTPTransport()},
+        **options,
     )
 
 
