@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,11 +155,13 @@ async def test_a_full_disk_removes_the_partial_file(
     generation = await completed()
     written: list[int] = []
 
-    def full_disk(file: Any, data: bytes) -> None:
+    def full_disk(file: Any, pieces: Sequence[bytes]) -> None:
         if written:
             raise OSError(errno.ENOSPC, "No space left on device")
-        written.append(len(data))
-        file.write(data)
+        written.append(sum(len(piece) for piece in pieces))
+        real_write(file, pieces)
+
+    real_write = _storage._write_chunk
 
     monkeypatch.setattr(_storage, "_write_chunk", full_disk)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator, Callable
@@ -108,6 +109,38 @@ async def test_a_part_left_by_a_crashed_run_is_resumed(
     assert Path(done.assets["video"].path).read_bytes() == synthetic_bytes(0, SIZE)
     assert done.assets["video"].sha256 == hashlib.sha256(synthetic_bytes(0, SIZE)).hexdigest()
     assert not part.exists() and not part.with_name("video.part.json").exists()
+
+
+async def test_a_cancelled_download_keeps_exactly_what_it_wrote_and_resumes_from_there(
+    sim: RelaySimulator, client: LumaClient, completed: Callable[..., Any], dest: Path
+) -> None:
+    generation = await completed()
+
+    def cancel_once_started(name: str, done: int, total: int | None) -> None:
+        if done:  # a batch is written (or being written by the worker thread)
+            asyncio.current_task().cancel()  # type: ignore[union-attr]
+
+    download = asyncio.ensure_future(
+        download_generation_files(
+            client,
+            generation,
+            storage_for(dest),
+            assets=("video",),
+            on_progress=cancel_once_started,
+        )
+    )
+    with pytest.raises(asyncio.CancelledError):
+        await download
+    part = dest / generation.id / "video.part"
+    kept = part.stat().st_size
+    assert 0 < kept < SIZE
+    assert part.read_bytes() == synthetic_bytes(0, kept)  # every write finished, none torn
+    sim.reset_counters()
+
+    done = await download_generation_files(client, generation, storage_for(dest), assets=("video",))
+
+    assert sim.counters().bytes_served == SIZE - kept
+    assert done.assets["video"].sha256 == hashlib.sha256(synthetic_bytes(0, SIZE)).hexdigest()
 
 
 async def test_a_part_from_another_link_is_not_appended_to(
