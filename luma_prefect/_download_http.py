@@ -27,7 +27,7 @@ import httpcore
 import httpx
 
 from luma_prefect._download_net import LargeReads
-from luma_prefect._exceptions import LumaDownloadError
+from luma_prefect._exceptions import LumaConfigurationError, LumaDownloadError
 from luma_prefect._plain_http import PlainHTTPTransport
 from luma_prefect._storage import PartFile
 
@@ -114,13 +114,20 @@ def media_client(max_connections: int = 3) -> httpx.AsyncClient:
         "timeout": httpx.Timeout(60.0, connect=15.0),
         "headers": {"User-Agent": "luma-prefect/0.1"},
     }
-    if urllib.request.getproxies().keys() - {"no"}:
+    if urllib.request.getproxies().keys() & {"http", "https", "all"}:
         # httpx applies environment proxies only to the transports it builds itself.
         limits = httpx.Limits(max_connections=max_connections)
-        return httpx.AsyncClient(verify=_ssl_context(), limits=limits, **options)
+        try:
+            return httpx.AsyncClient(verify=_ssl_context(), limits=limits, **options)
+        except ImportError as exc:  # a socks5:// proxy without httpx's socks extra
+            raise LumaConfigurationError(
+                f"The proxy configured in the environment needs a package that is not "
+                f"installed ({exc}). Install it (pip install 'httpx[socks]'), or unset the "
+                "proxy variables for media downloads."
+            ) from exc
     return httpx.AsyncClient(
         transport=_transport(max_connections, LargeReads),
-        mounts={"http://": PlainHTTPTransport()},
+        mounts={"http://": PlainHTTPTransport(max_connections)},
         **options,
     )
 

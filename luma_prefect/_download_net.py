@@ -3,7 +3,7 @@
 httpcore reads 64 KiB per call, each a trip through anyio and the event loop: on a fast
 link that caps a download well below what curl does. `LargeReads` wraps any httpcore
 network backend so every read asks for up to `READ_BYTES`. Plain `http://` links skip
-httpcore altogether (see `_plain_http`).
+httpcore altogether when no proxy is configured (see `_plain_http`).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import asyncio
 import re
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import h11
@@ -45,54 +45,90 @@ async def _within(what: Awaitable[T], timeout: float | None) -> T:
         # Cheaper than wait_for (no task per wait), and this runs once per empty socket.
         async with asyncio.timeout(timeout):
             return await what
-    try:  # pragma: no cover - Python 3.10, where asyncio's TimeoutError is its own class
-        return await asyncio.wait_for(what, timeout)
-    except asyncio.TimeoutError as exc:  # pragma: no cover
-        raise TimeoutError(str(exc)) from exc
+    return await _within_py310(what, timeout)  # pragma: no cover - Python 3.10
+
+
+async def _within_py310(what: Awaitable[T], timeout: float) -> T:  # pragma: no cover
+    # Python 3.10's wait_for can swallow a cancellation that meets a finished read (fixed in
+    # 3.12): a cancelled download would go on. Cancel this very task from a timer instead.
+    task = asyncio.current_task()
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        if task is not None:
+            task.cancel()
+
+    timer = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
+        return await what
+    except asyncio.CancelledError:
+        if expired:
+            raise TimeoutError(f"no answer within {timeout} s") from None
+        raise
+    finally:
+        timer.cancel()
 
 
 class _Socket:
-    """A non-blocking socket with timeouts; failures raised as httpx's transport errors."""
+    """A non-blocking socket with timeouts; failures raised as httpx's transport errors.
 
-    def __init__(self, sock: socket.socket, request: httpx.Request) -> None:
+    `release` is called once, when the socket is closed (a connection-limit slot).
+    """
+
+    def __init__(
+        self, sock: socket.socket, request: httpx.Request, release: Callable[[], None]
+    ) -> None:
         self.sock = sock
         self.request = request
+        self._release: Callable[[], None] | None = release
         timeouts = request.extensions.get("timeout", {})
         self.read_timeout: float | None = timeouts.get("read")
         self.write_timeout: float | None = timeouts.get("write")
 
     @classmethod
-    async def connect(cls, request: httpx.Request) -> _Socket:
-        host = request.url.host
+    async def connect(cls, request: httpx.Request, release: Callable[[], None]) -> _Socket:
+        """A connection to the request's host: each address in turn, all within one timeout."""
+        host = request.url.raw_host.decode("ascii")  # IDNA-encoded by httpx, as httpcore does
         port = request.url.port or 80
         timeout = request.extensions.get("timeout", {}).get("connect")
         loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - loop.time())
+
         try:
-            found = await _within(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout)
+            found = await _within(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), left())
         except TimeoutError as exc:
             raise httpx.ConnectTimeout(f"timed out resolving {host}", request=request) from exc
         except OSError as exc:
             raise httpx.ConnectError(f"cannot resolve {host}: {exc}", request=request) from exc
         error: httpx.TransportError = httpx.ConnectError(f"no address for {host}", request=request)
         for family, kind, proto, _, address in found:
-            sock = socket.socket(family, kind, proto)
+            sock: socket.socket | None = None
             try:
+                sock = socket.socket(family, kind, proto)
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                await _within(loop.sock_connect(sock, address), timeout)
-                return cls(sock, request)
+                await _within(loop.sock_connect(sock, address), left())
+                return cls(sock, request, release)
             except TimeoutError:
-                sock.close()
-                error = httpx.ConnectTimeout(
+                if sock is not None:
+                    sock.close()
+                raise httpx.ConnectTimeout(
                     f"timed out connecting to {host}:{port}", request=request
-                )
-            except OSError as exc:
-                sock.close()
+                ) from None
+            except OSError as exc:  # refused, unreachable, or no such family here: next one
+                if sock is not None:
+                    sock.close()
                 error = httpx.ConnectError(
                     f"cannot connect to {host}:{port}: {exc}", request=request
                 )
             except BaseException:
-                sock.close()
+                if sock is not None:
+                    sock.close()
                 raise
         raise error
 
@@ -127,6 +163,13 @@ class _Socket:
 
     def close(self) -> None:
         self.sock.close()
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+
+def _nothing() -> None:
+    pass
 
 
 def _protocol_error(exc: h11.ProtocolError, request: httpx.Request) -> httpx.RemoteProtocolError:
@@ -178,6 +221,8 @@ class _Body(httpx.AsyncByteStream):
             if remaining is not None:
                 remaining -= len(piece)
             yield piece
+            # A fast link never empties the socket, so recv never waits: let others run.
+            await asyncio.sleep(0)
 
     async def _decoded(self) -> AsyncIterator[bytes]:
         data, self._leftover = self._leftover, b""
@@ -208,15 +253,19 @@ class PlainHTTPTransport(httpx.AsyncBaseTransport):
 
     For large downloads over plain HTTP (a LAN mirror, a local relay): the body of a
     Content-Length or read-until-close response is handed on as the socket delivers it.
-    Each request opens its own connection, and there is no connection limit: the caller
-    bounds how many downloads run at once. It speaks no TLS and no proxy: mount it for
-    `http://` only, and only when no HTTP proxy applies.
+    Each request opens its own connection; at most `max_connections` are open at once
+    (None: no limit), a response holding its connection until it is closed. It speaks no
+    TLS and no proxy: mount it for `http://` only, and only when no HTTP proxy applies.
 
     Example:
         ```python
-        client = httpx.AsyncClient(mounts={"http://": PlainHTTPTransport()})
+        client = httpx.AsyncClient(mounts={"http://": PlainHTTPTransport(max_connections=3)})
         ```
     """
+
+    def __init__(self, max_connections: int | None = None) -> None:
+        self._max_connections = max_connections
+        self._slots: asyncio.Semaphore | None = None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send `request` on a new connection; the response streams its body from it.
@@ -231,7 +280,17 @@ class PlainHTTPTransport(httpx.AsyncBaseTransport):
                 f"PlainHTTPTransport serves http:// only, not {request.url.scheme}://",
                 request=request,
             )
-        conn = await _Socket.connect(request)
+        if self._max_connections is not None and self._slots is None:
+            self._slots = asyncio.Semaphore(self._max_connections)
+        slots = self._slots
+        if slots is not None:
+            await slots.acquire()
+        try:
+            conn = await _Socket.connect(request, slots.release if slots else _nothing)
+        except BaseException:
+            if slots is not None:
+                slots.release()
+            raise
         try:
             h11_conn = h11.Connection(h11.CLIENT)
             await self._send_request(conn, h11_conn, request)
@@ -268,29 +327,31 @@ class PlainHTTPTransport(httpx.AsyncBaseTransport):
     @staticmethod
     async def _read_head(conn: _Socket, h11_conn: h11.Connection) -> tuple[h11.Response, bytes]:
         """The final response head (1xx ones skipped), and the body bytes read with it."""
-        buffer = b""
+        buffer = bytearray()
+        searched = 0
         while True:
-            end = _HEAD_END.search(buffer)
-            while end is None:
-                if len(buffer) > MAX_HEAD_BYTES:
-                    raise httpx.RemoteProtocolError(
-                        f"the response head is over {MAX_HEAD_BYTES} bytes", request=conn.request
-                    )
+            end = _HEAD_END.search(buffer, max(0, searched - 2))  # the end may straddle reads
+            if (end.end() if end else len(buffer)) > MAX_HEAD_BYTES:
+                raise httpx.RemoteProtocolError(
+                    f"the response head is over {MAX_HEAD_BYTES} bytes", request=conn.request
+                )
+            if end is None:
                 data = await conn.recv(MAX_HEAD_BYTES)
                 if not data:
                     raise httpx.RemoteProtocolError(
                         "the server closed the connection without answering", request=conn.request
                     )
+                searched = len(buffer)
                 buffer += data
-                end = _HEAD_END.search(buffer)
-            head, buffer = buffer[: end.end()], buffer[end.end() :]
+                continue
+            head, buffer, searched = bytes(buffer[: end.end()]), buffer[end.end() :], 0
             try:
                 h11_conn.receive_data(head)
                 event = h11_conn.next_event()
             except h11.RemoteProtocolError as exc:
                 raise _protocol_error(exc, conn.request) from exc
             if isinstance(event, h11.Response):
-                return event, buffer
+                return event, bytes(buffer)
             # An InformationalResponse (100 Continue, 103 Early Hints): the real one follows.
 
     @staticmethod

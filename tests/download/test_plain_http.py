@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import socket
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import httpx
 import pytest
 
+from luma_prefect import LumaConfigurationError
 from luma_prefect._download_http import media_client
 from luma_prefect._plain_http import MAX_HEAD_BYTES, PlainHTTPTransport
 
@@ -21,6 +24,7 @@ class Script:
     answer: bytes = b""
     close_after: bool = True
     heads: list[bytes] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
     port: int = 0
 
     @property
@@ -28,6 +32,7 @@ class Script:
         return f"http://127.0.0.1:{self.port}"
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.log.append("connected")
         try:
             self.heads.append(await reader.readuntil(b"\r\n\r\n"))
             writer.write(self.answer)
@@ -237,15 +242,50 @@ async def test_the_media_client_sends_plain_http_through_a_configured_proxy(
     assert proxy.heads[0].startswith(b"GET http://cdn.invalid/v.mp4 HTTP/1.1\r\n")
 
 
-async def test_the_media_client_reads_plain_http_itself_without_a_proxy(
-    serve: Callable[..., Awaitable[Script]], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("unrelated", [{}, {"ftp": "http://127.0.0.1:9", "no": "localhost"}])
+async def test_the_media_client_reads_plain_http_itself_without_an_http_proxy(
+    serve: Callable[..., Awaitable[Script]],
+    monkeypatch: pytest.MonkeyPatch,
+    unrelated: dict[str, str],
 ) -> None:
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setattr(urllib.request, "getproxies", lambda: unrelated)
     script = await serve(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
     async with media_client() as http:
         assert await body_of(http, f"{script.url}/v.mp4") == b"ok"
 
     assert b"connection: close\r\n" in script.heads[0].lower()  # PlainHTTPTransport's mark
+
+
+async def test_a_proxy_that_needs_a_missing_package_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if importlib.util.find_spec("socksio") is not None:
+        pytest.skip("socksio is installed: the SOCKS proxy would just work")
+    monkeypatch.setenv("ALL_PROXY", "socks5://127.0.0.1:1080")
+
+    with pytest.raises(LumaConfigurationError, match=r"httpx\[socks\]"):
+        media_client()
+
+
+async def test_at_most_max_connections_are_open_and_a_failed_one_frees_its_slot(
+    serve: Callable[..., Awaitable[Script]],
+) -> None:
+    script = await serve(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", close_after=False)
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        refused = f"http://127.0.0.1:{unused.getsockname()[1]}/"
+
+    async with httpx.AsyncClient(transport=PlainHTTPTransport(max_connections=1)) as http:
+        with pytest.raises(httpx.ConnectError):
+            await body_of(http, refused)  # its slot comes back: the next requests can run
+        first = await http.send(http.build_request("GET", script.url), stream=True)
+        second = asyncio.ensure_future(body_of(http, script.url))
+        for _ in range(50):  # time enough for a loopback connect, were one allowed
+            await asyncio.sleep(0)
+        script.log.append("first closed")
+        await first.aclose()
+
+        assert await second == b"ok"
+
+    assert script.log == ["connected", "first closed", "connected"]
