@@ -174,7 +174,8 @@ class PartFile:
         `pieces` is a sequence of bytes-like objects, written in order in one system call
         where the platform has `writev` (no joining copy).
 
-        A write that fails for want of space removes the part and raises LumaDownloadError.
+        A write that fails (a full disk, an I/O error) removes the part and raises
+        LumaDownloadError.
 
         Example:
             ```python
@@ -235,6 +236,8 @@ def _write_chunk(file: BinaryIO, pieces: Sequence[bytes]) -> None:
     fd, first = file.fileno(), 0
     while first < len(views):
         written = os.writev(fd, views[first : first + _IOV_MAX])
+        if written == 0:  # never seen on a file, but it would loop forever
+            raise OSError(errno.EIO, "the file accepted no bytes")
         while first < len(views) and written >= len(views[first]):
             written -= len(views[first])
             first += 1
