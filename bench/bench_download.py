@@ -173,7 +173,7 @@ async def run_interrupted(relay: Relay, size: int, folder: Path) -> tuple[int, i
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024, help="video size (MiB)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each (best counts)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each (best counts)")
     parser.add_argument("--dir", default=None, help="folder for the files (default: temp)")
     parser.add_argument("--in-process", action="store_true", help="simulator in this process")
     args = parser.parse_args(argv)
