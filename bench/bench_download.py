@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     where = "in this process" if args.in_process else "in a child process"
     print(f"\nDownload of a {args.size_mib} MiB synthetic video from the relay simulator")
     print(f"(127.0.0.1, {where}); best of {args.repeat} runs each; 1 MB = 10^6 bytes.\n")
-    widths = (40, 26, 14, 6)
+    widths = (40, 38, 14, 6)
 
     def row(*cells: str) -> None:
         print("| " + " | ".join(f"{c:<{w}}" for c, w in zip(cells, widths, strict=True)) + " |")
