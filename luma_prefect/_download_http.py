@@ -310,7 +310,6 @@ class PartTransfer:
         outcomes = await asyncio.shield(asyncio.gather(*unfinished, return_exceptions=True))
         failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
         if failures:
-            self._hashed = -1
             raise failures[0]
         self._hashed = self.have
 

@@ -231,18 +231,22 @@ def _write_chunk(file: BinaryIO, pieces: Sequence[bytes]) -> None:
     if not hasattr(os, "writev"):  # pragma: no cover - Windows
         for view in views:
             while view:
-                view = view[file.write(view) or 0 :]
+                view = view[_accepted(file.write(view)) :]
         return
     fd, first = file.fileno(), 0
     while first < len(views):
-        written = os.writev(fd, views[first : first + _IOV_MAX])
-        if written == 0:  # never seen on a file, but it would loop forever
-            raise OSError(errno.EIO, "the file accepted no bytes")
+        written = _accepted(os.writev(fd, views[first : first + _IOV_MAX]))
         while first < len(views) and written >= len(views[first]):
             written -= len(views[first])
             first += 1
         if written:  # a short write (rare on files): the rest of that piece next time
             views[first] = views[first][written:]
+
+
+def _accepted(written: int | None) -> int:
+    if not written:  # never seen on a file, but retrying would loop forever
+        raise OSError(errno.EIO, "the file accepted no bytes")
+    return written
 
 
 class _Writer:
