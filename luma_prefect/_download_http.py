@@ -84,7 +84,7 @@ def _ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-def _transport(max_connections: int, backend: Any) -> httpx.AsyncHTTPTransport:
+def _https_transport(max_connections: int) -> httpx.AsyncHTTPTransport:
     transport = httpx.AsyncHTTPTransport(
         verify=_ssl_context(), limits=httpx.Limits(max_connections=max_connections)
     )
@@ -92,7 +92,7 @@ def _transport(max_connections: int, backend: Any) -> httpx.AsyncHTTPTransport:
     pool = getattr(transport, "_pool", None)
     current = getattr(pool, "_network_backend", None)
     if isinstance(current, httpcore.AsyncNetworkBackend):
-        pool._network_backend = backend(current)  # type: ignore[union-attr]
+        pool._network_backend = LargeReads(current)  # type: ignore[union-attr]
     return transport
 
 
@@ -126,7 +126,7 @@ def media_client(max_connections: int = 3) -> httpx.AsyncClient:
                 "proxy variables for media downloads."
             ) from exc
     return httpx.AsyncClient(
-        transport=_transport(max_connections, LargeReads),
+        transport=_https_transport(max_connections),
         mounts={"http://": PlainHTTPTransport(max_connections)},
         **options,
     )
