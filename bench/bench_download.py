@@ -42,8 +42,8 @@ import httpx
 import psutil
 
 from luma_prefect import LumaClient
-from luma_prefect._download import download_generation_files
-from luma_prefect._storage import storage_for
+from luma_prefect.delivery._download import download_generation_files
+from luma_prefect.storage import storage_for
 
 MIB = 1024 * 1024
 TARGET_SHARE = 0.80

@@ -4,7 +4,7 @@
 
 Two approaches, each run in a fresh process against a fresh relay simulator:
 
-- engine: `luma_prefect._wait.wait_for_generations` over the batch route (chunks of
+- engine: `luma_prefect.wait._engine.wait_for_generations` over the batch route (chunks of
   `--batch`), constant poll interval `--poll` (max interval = poll interval);
 - naive:  what Luma's docs show, one `GET /generations/{id}` per generation per poll,
   `asyncio.sleep(poll)` in between, one coroutine per generation, the same `LumaClient`.
@@ -168,7 +168,7 @@ def _watch_terminal(client: Any, detected: dict[str, float]) -> None:
 
 
 async def _track_engine(client: Any, ids: list[str], poll: float, batch: int) -> dict[str, Any]:
-    from luma_prefect._wait import SystemClock, WaitSettings, wait_for_generations
+    from luma_prefect.wait._engine import SystemClock, WaitSettings, wait_for_generations
 
     detected: dict[str, float] = {}
     _watch_terminal(client, detected)

@@ -14,8 +14,6 @@ Example:
     ```
 """
 
-from luma_prefect._client import LumaClient
-from luma_prefect._config import RetryPolicy
 from luma_prefect._exceptions import (
     LumaAuthError,
     LumaConfigurationError,
@@ -42,8 +40,10 @@ from luma_prefect._models import (
     ImageAsset,
     VideoAsset,
 )
-from luma_prefect._parsing import parse_generation, parse_generations
+from luma_prefect._retry import RetryPolicy
 from luma_prefect.credentials import LumaRelayCredentials
+from luma_prefect.relay._client import LumaClient
+from luma_prefect.relay._parsing import parse_generation, parse_generations
 
 __version__ = "0.1.0"
 

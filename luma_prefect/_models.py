@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from luma_prefect._exceptions import LumaConfigurationError
+
 __all__ = [
     "ApiStyle",
     "AspectRatio",
@@ -363,3 +365,25 @@ class GenerationRequest(BaseModel):
         """
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# Relays use uuids; allow any plain token, but never anything that can move in a path.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
+
+
+def check_generation_id(generation_id: object) -> str:
+    """The id itself when it is safe in a URL path and a folder name; else a clear error.
+
+    Example:
+        ```python
+        check_generation_id("4665a07c-7641-4809-a133-10786201bb56")  # returned unchanged
+        check_generation_id("../etc")  # raises LumaConfigurationError
+        ```
+    """
+    text = str(generation_id).strip() if generation_id is not None else ""
+    if not _SAFE_ID.match(text) or ".." in text:
+        raise LumaConfigurationError(
+            f"{str(generation_id)[:80]!r} is not a valid generation id: ids are letters, "
+            "digits, '-', '_', '.' and ':' (a uuid on every known relay), without '..' or '/'."
+        )
+    return text

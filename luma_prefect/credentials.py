@@ -10,10 +10,10 @@ from prefect.blocks.abstract import CredentialsBlock
 from prefect.types import SecretDict
 from pydantic import Field, SecretStr, field_validator
 
-from luma_prefect._client import LumaClient
 from luma_prefect._exceptions import LumaConfigurationError
 from luma_prefect._models import ApiStyle
-from luma_prefect._routes import API_STYLES, normalise_prefix
+from luma_prefect.relay._client import LumaClient
+from luma_prefect.relay._routes import API_STYLES, normalise_prefix
 
 __all__ = ["LumaRelayCredentials"]
 

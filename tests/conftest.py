@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,3 +26,17 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
+
+
+RELAY_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "relay"
+"""Relay answer bodies, one JSON file per shape (see tests/fixtures/README.md)."""
+
+
+@pytest.fixture
+def load_fixture() -> Callable[[str], Any]:
+    """Read one JSON file of tests/fixtures/relay by name."""
+
+    def load(name: str) -> Any:
+        return json.loads((RELAY_FIXTURES / name).read_text(encoding="utf-8"))
+
+    return load

@@ -10,7 +10,6 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 from prefect.tasks import Task, exponential_backoff
 
-from luma_prefect._client import LumaClient
 from luma_prefect._exceptions import (
     LumaAuthError,
     LumaConfigurationError,
@@ -22,8 +21,9 @@ from luma_prefect._exceptions import (
     LumaWaitTimeout,
 )
 from luma_prefect._models import GenerationState
-from luma_prefect._wait import Clock, SystemClock
 from luma_prefect.credentials import LumaRelayCredentials
+from luma_prefect.relay._client import LumaClient
+from luma_prefect.wait._engine import Clock, SystemClock
 
 CredentialsInput = LumaRelayCredentials | str
 StatesInput = Sequence[str | GenerationState] | str

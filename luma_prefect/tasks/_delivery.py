@@ -9,14 +9,16 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from luma_prefect._download import (
+from luma_prefect._models import Generation, GenerationRequest, check_generation_id
+from luma_prefect._outcomes import DownloadedGeneration, PublishedGeneration
+from luma_prefect._urls import public_url
+from luma_prefect.delivery._download import (
     ASSET_NAMES,
     DEFAULT_MAX_BYTES,
     VIDEO_SOURCES,
     download_generation_files,
 )
-from luma_prefect._models import Generation, GenerationRequest
-from luma_prefect._publish import (
+from luma_prefect.delivery._publish import (
     EVENT_PUBLISHED,
     MANIFEST_NAME,
     artifact_key,
@@ -25,9 +27,7 @@ from luma_prefect._publish import (
     emit_generation_event,
     manifest_bytes,
 )
-from luma_prefect._results import DownloadedGeneration, PublishedGeneration
-from luma_prefect._routes import check_generation_id, public_url
-from luma_prefect._storage import storage_for
+from luma_prefect.storage import storage_for
 from luma_prefect.tasks._common import (
     READ_OPTIONS,
     CredentialsInput,

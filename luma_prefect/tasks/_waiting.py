@@ -11,10 +11,7 @@ from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifa
 from luma_prefect._exceptions import (
     LumaError,
 )
-from luma_prefect._models import Generation
-from luma_prefect._routes import check_generation_id
-from luma_prefect._wait import WaitSettings, normalise_states
-from luma_prefect._wait import wait_for_generations as _wait_engine
+from luma_prefect._models import Generation, check_generation_id
 from luma_prefect.tasks import _common
 from luma_prefect.tasks._common import (
     READ_OPTIONS,
@@ -22,6 +19,8 @@ from luma_prefect.tasks._common import (
     StatesInput,
     client_for,
 )
+from luma_prefect.wait._engine import WaitSettings, normalise_states
+from luma_prefect.wait._engine import wait_for_generations as _wait_engine
 
 
 @task(name="wait-for-generation", task_run_name="wait-for-{generation_id}", **READ_OPTIONS)

@@ -19,11 +19,10 @@ from luma_prefect import (
     LumaConfigurationError,
     LumaDownloadError,
     VideoAsset,
-    _storage,
 )
-from luma_prefect._download import download_generation_files
-from luma_prefect._storage import storage_for
+from luma_prefect.delivery._download import download_generation_files
 from luma_prefect.simulator import Fault, FaultKind, RelaySimulator
+from luma_prefect.storage import _part, storage_for
 
 from .conftest import MIB, tree
 
@@ -161,9 +160,9 @@ async def test_a_full_disk_removes_the_partial_file(
         written.append(sum(len(piece) for piece in pieces))
         real_write(file, pieces)
 
-    real_write = _storage._write_chunk
+    real_write = _part._write_chunk
 
-    monkeypatch.setattr(_storage, "_write_chunk", full_disk)
+    monkeypatch.setattr(_part, "_write_chunk", full_disk)
 
     with pytest.raises(LumaDownloadError, match="disk is full") as info:
         await download_generation_files(client, generation, storage_for(dest), assets=("video",))

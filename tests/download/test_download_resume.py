@@ -13,12 +13,13 @@ import httpx
 import pytest
 import respx
 
-from luma_prefect import Generation, LumaClient, LumaDownloadError, VideoAsset, _download
-from luma_prefect._download import download_generation_files
-from luma_prefect._routes import public_url
-from luma_prefect._storage import storage_for
+from luma_prefect import Generation, LumaClient, LumaDownloadError, VideoAsset
+from luma_prefect._urls import public_url
+from luma_prefect.delivery import _download
+from luma_prefect.delivery._download import download_generation_files
 from luma_prefect.simulator import Fault, FaultKind, RelaySimulator
 from luma_prefect.simulator._media import synthetic_bytes
+from luma_prefect.storage import storage_for
 
 from .conftest import MIB, tree
 

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from luma_prefect import Generation, LumaClient, LumaDownloadError
-from luma_prefect._download import download_generation_files
-from luma_prefect._storage import storage_for
+from luma_prefect.delivery._download import download_generation_files
 from luma_prefect.simulator import Fault, FaultKind, RelaySimulator
 from luma_prefect.simulator._media import media_file, synthetic_bytes
+from luma_prefect.storage import storage_for
 
 from .conftest import MIB, tree
 

@@ -14,11 +14,10 @@ import pytest
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 
 from luma_prefect import LumaClient, LumaConfigurationError, LumaDownloadError
-from luma_prefect._download import download_generation_files
-from luma_prefect._storage import Storage, check_relpath, storage_for
-from luma_prefect._storage_backends import FsspecStorage, LocalStorage
+from luma_prefect.delivery._download import download_generation_files
 from luma_prefect.simulator import Fault, FaultKind, RelaySimulator
 from luma_prefect.simulator._media import synthetic_bytes
+from luma_prefect.storage import FsspecStorage, LocalStorage, Storage, check_relpath, storage_for
 
 from .conftest import MIB, tree
 

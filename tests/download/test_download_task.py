@@ -11,11 +11,11 @@ from prefect.client.orchestration import get_client
 from prefect.filesystems import LocalFileSystem
 
 from luma_prefect import LumaClient
-from luma_prefect._download import download_generation_files, media_client
-from luma_prefect._results import DownloadedGeneration
-from luma_prefect._storage import storage_for
+from luma_prefect._outcomes import DownloadedGeneration
+from luma_prefect.delivery._download import download_generation_files, media_client
 from luma_prefect.simulator import RelaySimulator
 from luma_prefect.simulator._media import synthetic_bytes
+from luma_prefect.storage import storage_for
 from luma_prefect.tasks import download_generation
 
 from .conftest import MIB

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from luma_prefect import LumaConfigurationError
-from luma_prefect._download_http import media_client
-from luma_prefect._plain_http import MAX_HEAD_BYTES, PlainHTTPTransport
+from luma_prefect.delivery._plain_http import MAX_HEAD_BYTES, PlainHTTPTransport
+from luma_prefect.delivery._transfer import media_client
 
 
 @dataclass

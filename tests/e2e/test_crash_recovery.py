@@ -14,8 +14,8 @@ from typing import Any
 
 import psutil
 
-from luma_prefect._ledger import Ledger
-from luma_prefect._storage import storage_for
+from luma_prefect.ledger._records import Ledger
+from luma_prefect.storage import storage_for
 
 from ._stack import FAST_POLLS, Stack, eventually
 

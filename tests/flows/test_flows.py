@@ -15,15 +15,15 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.filesystems import RemoteFileSystem
 
 from luma_prefect import GenerationRequest, LumaError, LumaSubmitUncertainError
-from luma_prefect._ledger import Ledger
-from luma_prefect._storage import storage_for
 from luma_prefect.flows import (
     collect_generations,
     collect_pending,
     generate_video,
     generate_videos,
 )
+from luma_prefect.ledger._records import Ledger
 from luma_prefect.simulator import Fault, FaultKind, RelaySimulator
+from luma_prefect.storage import storage_for
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

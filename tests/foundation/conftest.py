@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,19 +11,8 @@ import respx
 
 from luma_prefect import LumaClient
 
-FIXTURES_DIR = Path(__file__).parents[3] / "shared" / "fixtures"
 BASE_URL = "https://relay.example"
 API_KEY = "sk-SECRET-123"
-
-
-@pytest.fixture
-def load_fixture() -> Callable[[str], Any]:
-    """Read one JSON file of /work/shared/fixtures."""
-
-    def load(name: str) -> Any:
-        return json.loads((FIXTURES_DIR / name).read_text(encoding="utf-8"))
-
-    return load
 
 
 @pytest.fixture

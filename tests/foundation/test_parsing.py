@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,10 +21,9 @@ from luma_prefect import (
     parse_generation,
     parse_generations,
 )
-from luma_prefect._parsing import error_info
-from luma_prefect._responses import read_body
-
-FIXTURES_DIR = Path(__file__).parents[3] / "shared" / "fixtures"
+from luma_prefect.relay._answers import read_body
+from luma_prefect.relay._parsing import error_info
+from tests.conftest import RELAY_FIXTURES as FIXTURES_DIR
 
 CDN = "https://storage.cdn-luma.com/dream-machine/b0d67582-c6f0-4973-a89c-3fea9d46d5e9"
 VIDEO = f"{CDN}/35049450-c008-4607-b1d0-0b025599f15d/video0b6619468da8e409da860706bbf26bbad.mp4"
@@ -138,7 +136,7 @@ def raw_object(body: Any) -> Any:
 
 
 def test_every_fixture_file_is_covered_by_these_tests():
-    """A fixture added to /work/shared/fixtures must get expectations here too."""
+    """A fixture added to tests/fixtures/relay must get expectations here too."""
     present = {path.name for path in FIXTURES_DIR.glob("*.json")}
     assert present, f"no fixtures found in {FIXTURES_DIR}"
     assert present == set(GENERATION_FIXTURES) | OTHER_FIXTURES

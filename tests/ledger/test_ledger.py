@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from luma_prefect import Generation, GenerationRequest, LumaConfigurationError
-from luma_prefect._claims import Claims
-from luma_prefect._ledger import Ledger
-from luma_prefect._storage import Storage, storage_for
+from luma_prefect.ledger._claims import Claims
+from luma_prefect.ledger._records import Ledger
+from luma_prefect.storage import Storage, storage_for
 
 GID = "4665a07c-7641-4809-a133-10786201bb56"
 FIFTEEN_MINUTES = timedelta(minutes=15)
@@ -144,8 +144,8 @@ def test_a_claim_of_a_dead_process_on_this_machine_is_taken_over_at_once(
     # A child process takes the claim and exits (as a SIGKILLed worker would, claim kept).
     code = (
         "import sys; from datetime import datetime, timedelta, timezone\n"
-        "from luma_prefect._claims import Claims\n"
-        "from luma_prefect._storage import storage_for\n"
+        "from luma_prefect.ledger._claims import Claims\n"
+        "from luma_prefect.storage import storage_for\n"
         "claims = Claims(storage_for(sys.argv[1]), 'claims',"
         " clock=lambda: datetime.now(timezone.utc))\n"
         f"assert claims.take({GID!r}, 'dead-run', stale_after=timedelta(hours=1))\n"

@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from luma_prefect.simulator import RelaySimulator
-
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
-
-
-@pytest.fixture
-def fixture() -> Callable[[str], Any]:
-    """Loads one of shared/fixtures/*.json by name."""
-
-    def load(name: str) -> Any:
-        path = FIXTURES / name
-        if not path.exists():
-            pytest.skip(f"shared fixture {name} not found at {FIXTURES}")
-        return json.loads(path.read_text(encoding="utf-8"))
-
-    return load
 
 
 @pytest.fixture

@@ -19,24 +19,24 @@ def keys(obj: Any) -> set[str]:
     return set(obj)
 
 
-def assert_like_completed(obj: dict[str, Any], fixture: dict[str, Any]) -> None:
-    assert keys(fixture) <= keys(obj)
+def assert_like_completed(obj: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert keys(expected) <= keys(obj)
     for name in NESTED:
-        assert keys(obj[name]) == keys(fixture[name]), name
+        assert keys(obj[name]) == keys(expected[name]), name
     for name in ("video", "thumbnail", "video_raw", "last_frame"):
-        assert keys(obj["artifact"][name]) == keys(fixture["artifact"][name]), name
+        assert keys(obj["artifact"][name]) == keys(expected["artifact"][name]), name
     assert obj["artifact"]["created_at"] == "0001-01-01T00:00:00Z"
     assert obj["estimate_wait_seconds"] is None
     assert obj["failure_reason"] is None
 
 
 def test_generations_style_end_to_end(
-    sim: RelaySimulator, api: httpx.Client, fixture: Callable[[str], Any]
+    sim: RelaySimulator, api: httpx.Client, load_fixture: Callable[[str], Any]
 ) -> None:
     submitted = api.post("/luma/generations", json={"user_prompt": "cat dance"})
     assert submitted.status_code == 200
     created = submitted.json()
-    pending_fixture = fixture("relay-generation-pending.json")
+    pending_fixture = load_fixture("relay-generation-pending.json")
     assert keys(pending_fixture) <= keys(created)
     assert created["state"] == "pending" and created["video"] is None
     assert created["prompt"] == "cat dance"
@@ -50,7 +50,7 @@ def test_generations_style_end_to_end(
     sim.advance(2.0)
     done = api.get(f"/luma/generations/{gid}").json()
     assert done["state"] == "completed"
-    assert_like_completed(done, fixture("relay-generation-completed.json"))
+    assert_like_completed(done, load_fixture("relay-generation-completed.json"))
     assert (done["video"]["width"], done["video"]["height"]) == (1360, 752)
     assert done["video_raw"]["media_type"] == "video"
 
@@ -66,7 +66,7 @@ def test_generations_style_end_to_end(
 
 
 def test_batch_bare_array(
-    sim: RelaySimulator, api: httpx.Client, fixture: Callable[[str], Any]
+    sim: RelaySimulator, api: httpx.Client, load_fixture: Callable[[str], Any]
 ) -> None:
     done = sim.create_generation(prompt="a", state="completed")
     pending = sim.create_generation(prompt="b", state="pending")
@@ -75,20 +75,20 @@ def test_batch_bare_array(
     items = answer.json()
     assert isinstance(items, list)
     assert [item["id"] for item in items] == [pending, done]
-    assert_like_completed(items[1], fixture("relay-batch-bare-array.json")[0])
+    assert_like_completed(items[1], load_fixture("relay-batch-bare-array.json")[0])
     assert items[0]["state"] == "pending"
 
 
 def test_batch_task_wrapper(
     sim_factory: Callable[..., RelaySimulator],
     client_for: Callable[..., httpx.Client],
-    fixture: Callable[[str], Any],
+    load_fixture: Callable[[str], Any],
 ) -> None:
     sim = sim_factory(batch_shape="task_wrapper")
     states = ["pending", "processing", "completed", "failed"]
     ids = [sim.create_generation(prompt=s, state=s) for s in states]
     answer = client_for(sim).post("/luma/tasks", json={"ids": [*ids, "unknown"]}).json()
-    expected = fixture("relay-batch-task-wrapper.json")
+    expected = load_fixture("relay-batch-task-wrapper.json")
     assert keys(answer) == keys(expected)
     assert answer["code"] == "success" and answer["message"] == ""
     items = answer["data"]
@@ -121,7 +121,7 @@ def test_extend(sim: RelaySimulator, api: httpx.Client) -> None:
 
 
 def test_download_video_url(
-    sim: RelaySimulator, api: httpx.Client, fixture: Callable[[str], Any]
+    sim: RelaySimulator, api: httpx.Client, load_fixture: Callable[[str], Any]
 ) -> None:
     pending = sim.create_generation(prompt="p", state="pending")
     early = api.get(f"/luma/generations/{pending}/download_video_url")
@@ -131,7 +131,7 @@ def test_download_video_url(
     done = sim.create_generation(prompt="d", state="completed")
     link = api.get(f"/luma/generations/{done}/download_video_url")
     assert link.status_code == 200
-    assert keys(link.json()) == keys(fixture("relay-download-video-url.json"))
+    assert keys(link.json()) == keys(load_fixture("relay-download-video-url.json"))
     assert httpx.get(link.json()["url"]).content == media_file("video.mp4")[0]
     assert sim.counters().requests["download_url"] == 3
 
@@ -192,11 +192,11 @@ def test_unknown_generation_is_404_in_new_api_shape(api: httpx.Client) -> None:
 def test_task_style_end_to_end(
     sim_factory: Callable[..., RelaySimulator],
     client_for: Callable[..., httpx.Client],
-    fixture: Callable[[str], Any],
+    load_fixture: Callable[[str], Any],
 ) -> None:
     sim = sim_factory(style="task")
     api = client_for(sim)
-    expected = fixture("task-wrapper-completed.json")
+    expected = load_fixture("task-wrapper-completed.json")
     submitted = api.post("/luma/generations", json={"user_prompt": "move"})
     assert submitted.status_code == 200
     wrapper = submitted.json()
@@ -232,7 +232,7 @@ def test_task_style_end_to_end(
 def test_official_style_end_to_end(
     sim_factory: Callable[..., RelaySimulator],
     client_for: Callable[..., httpx.Client],
-    fixture: Callable[[str], Any],
+    load_fixture: Callable[[str], Any],
 ) -> None:
     sim = sim_factory(style="official")
     api = client_for(sim)
@@ -246,7 +246,7 @@ def test_official_style_end_to_end(
     submitted = api.post(root, json=body)
     assert submitted.status_code == 201
     created = submitted.json()
-    assert keys(fixture("official-generation-queued.json")) <= keys(created)
+    assert keys(load_fixture("official-generation-queued.json")) <= keys(created)
     assert created["state"] == "queued" and created["assets"] is None
     assert created["request"]["callback_url"] == body["callback_url"]
     gid = created["id"]
@@ -254,7 +254,7 @@ def test_official_style_end_to_end(
     assert api.get(f"{root}/{gid}").json()["state"] == "dreaming"
     sim.advance(2)
     done = api.get(f"{root}/{gid}").json()
-    completed_fixture = fixture("official-generation-completed.json")
+    completed_fixture = load_fixture("official-generation-completed.json")
     assert keys(completed_fixture) <= keys(done)
     assert keys(done["assets"]) == keys(completed_fixture["assets"])
     assert done["state"] == "completed" and done["model"] == "ray-2"
@@ -265,7 +265,7 @@ def test_official_style_end_to_end(
 
     failed_id = sim.create_generation(prompt="something", state="failed")
     failed = api.get(f"{root}/{failed_id}").json()
-    assert keys(fixture("official-generation-failed.json")) <= keys(failed)
+    assert keys(load_fixture("official-generation-failed.json")) <= keys(failed)
     assert failed["state"] == "failed" and failed["failure_reason"] == "Frame moderation failed"
 
     keyframe = {"frame0": {"type": "generation", "id": gid}}
@@ -289,12 +289,12 @@ def test_auth_401_shapes(
     style: str,
     sim_factory: Callable[..., RelaySimulator],
     client_for: Callable[..., httpx.Client],
-    fixture: Callable[[str], Any],
+    load_fixture: Callable[[str], Any],
 ) -> None:
     sim = sim_factory(style=style, api_key="sk-right")
     assert sim.api_key == "sk-right"
     path = "/dream-machine/v1/generations" if style == "official" else "/luma/generations"
-    errors = fixture("error-bodies.json")
+    errors = load_fixture("error-bodies.json")
     for client in (client_for(sim, "sk-wrong"), httpx.Client(base_url=sim.base_url)):
         with client:
             answer = client.post(path, json={"user_prompt": "x", "prompt": "x"})

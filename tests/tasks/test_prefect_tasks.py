@@ -39,7 +39,6 @@ from luma_prefect import (
     LumaWaitTimeout,
 )
 from luma_prefect import tasks as luma_tasks
-from luma_prefect._wait import SystemClock
 from luma_prefect.credentials import LumaRelayCredentials
 from luma_prefect.simulator import Fault, FaultKind, RelaySimulator
 from luma_prefect.tasks import (
@@ -51,6 +50,7 @@ from luma_prefect.tasks import (
     wait_for_generation,
     wait_for_generations,
 )
+from luma_prefect.wait._engine import SystemClock
 
 from .conftest import FakeClock, ListHandler
 
@@ -490,8 +490,8 @@ async def test_a_wait_that_gave_up_is_not_restarted_by_prefect(
 ) -> None:
     """The wait's own error budget already absorbed the trouble: a Prefect retry would
     start the whole wait again with a fresh deadline."""
-    from luma_prefect._wait import WaitSettings, wait_for_generations
     from luma_prefect.simulator import Fault, FaultKind
+    from luma_prefect.wait._engine import WaitSettings, wait_for_generations
 
     client = client_for(sim, clock)
     generation_id = sim.create_generation(prompt="busy relay", state="processing")

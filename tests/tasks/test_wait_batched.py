@@ -17,8 +17,8 @@ from luma_prefect import (
     LumaNotFoundError,
     LumaWaitTimeout,
 )
-from luma_prefect._wait import WaitSettings, wait_for_generations
 from luma_prefect.simulator import RelaySimulator
+from luma_prefect.wait._engine import WaitSettings, wait_for_generations
 
 from .conftest import FakeClock, ListHandler
 

@@ -21,8 +21,13 @@ from luma_prefect import (
     LumaRequestError,
     LumaWaitTimeout,
 )
-from luma_prefect._wait import SystemClock, WaitSettings, normalise_states, wait_for_generations
 from luma_prefect.simulator import Fault, FaultKind, RelaySimulator
+from luma_prefect.wait._engine import (
+    SystemClock,
+    WaitSettings,
+    normalise_states,
+    wait_for_generations,
+)
 
 from .conftest import FakeClock
 

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from luma_prefect._routes import check_generation_id
-from luma_prefect._storage import Storage
+from luma_prefect._models import check_generation_id
+from luma_prefect.storage import Storage
 
 __all__ = ["Claims"]
 

@@ -2,54 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 from luma_prefect._exceptions import LumaConfigurationError
-from luma_prefect._models import ApiStyle
+from luma_prefect._models import ApiStyle, check_generation_id
 
-__all__ = ["Route", "StyleRoutes", "check_generation_id", "normalise_prefix", "public_url"]
+__all__ = ["Route", "StyleRoutes", "normalise_prefix"]
 
 API_STYLES: tuple[ApiStyle, ...] = ("generations", "task", "official")
 _OFFICIAL_ROOT = "/dream-machine/v1/generations"
-# Relays use uuids; allow any plain token, but never anything that can move in a path.
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
-
-
-def check_generation_id(generation_id: object) -> str:
-    """The id itself when it is safe in a URL path and a folder name; else a clear error.
-
-    Example:
-        ```python
-        check_generation_id("4665a07c-7641-4809-a133-10786201bb56")  # returned unchanged
-        check_generation_id("../etc")  # raises LumaConfigurationError
-        ```
-    """
-    text = str(generation_id).strip() if generation_id is not None else ""
-    if not _SAFE_ID.match(text) or ".." in text:
-        raise LumaConfigurationError(
-            f"{str(generation_id)[:80]!r} is not a valid generation id: ids are letters, "
-            "digits, '-', '_', '.' and ':' (a uuid on every known relay), without '..' or '/'."
-        )
-    return text
-
-
-def public_url(url: str) -> str:
-    """The URL without query string, fragment or credentials (signed links carry secrets).
-
-    Example:
-        ```python
-        public_url("https://u:p@cdn.example/v.mp4?X-Amz-Signature=abc")
-        # "https://cdn.example/v.mp4"
-        ```
-    """
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def normalise_prefix(prefix: str | None) -> str:

@@ -8,7 +8,6 @@ from typing import Any
 
 import httpx
 
-from luma_prefect._config import parse_retry_after
 from luma_prefect._exceptions import (
     LumaAuthError,
     LumaHTTPError,
@@ -18,7 +17,8 @@ from luma_prefect._exceptions import (
     LumaRequestError,
     LumaServerError,
 )
-from luma_prefect._parsing import error_info
+from luma_prefect._retry import parse_retry_after
+from luma_prefect.relay._parsing import error_info
 
 __all__ = ["read_body"]
 

@@ -22,8 +22,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from luma_prefect._client import LumaClient
-from luma_prefect._download_http import (
+from luma_prefect._exceptions import LumaConfigurationError, LumaDownloadError, LumaError
+from luma_prefect._models import Generation, GenerationState, check_generation_id
+from luma_prefect._outcomes import DownloadedAsset, DownloadedGeneration
+from luma_prefect._urls import public_url
+from luma_prefect.delivery._transfer import (
     LinkRefused,
     PartTransfer,
     TransientError,
@@ -31,11 +34,8 @@ from luma_prefect._download_http import (
     media_client,
     progress_reporter,
 )
-from luma_prefect._exceptions import LumaConfigurationError, LumaDownloadError, LumaError
-from luma_prefect._models import Generation, GenerationState
-from luma_prefect._results import DownloadedAsset, DownloadedGeneration
-from luma_prefect._routes import check_generation_id, public_url
-from luma_prefect._storage import Storage
+from luma_prefect.relay._client import LumaClient
+from luma_prefect.storage import Storage
 
 __all__ = [
     "ASSET_NAMES",

@@ -26,10 +26,10 @@ from urllib.parse import urlsplit
 import httpcore
 import httpx
 
-from luma_prefect._download_net import LargeReads
 from luma_prefect._exceptions import LumaConfigurationError, LumaDownloadError
-from luma_prefect._plain_http import PlainHTTPTransport
-from luma_prefect._storage import PartFile
+from luma_prefect.delivery._download_net import LargeReads
+from luma_prefect.delivery._plain_http import PlainHTTPTransport
+from luma_prefect.storage import PartFile
 
 __all__ = [
     "LinkRefused",

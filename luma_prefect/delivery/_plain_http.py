@@ -25,7 +25,7 @@ from typing import TypeVar
 import h11
 import httpx
 
-from luma_prefect._download_net import READ_BYTES
+from luma_prefect.delivery._download_net import READ_BYTES
 
 __all__ = ["MAX_HEAD_BYTES", "PlainHTTPTransport"]
 

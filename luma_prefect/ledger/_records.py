@@ -23,10 +23,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from luma_prefect._claims import Claims
-from luma_prefect._models import Generation, GenerationRequest
-from luma_prefect._routes import check_generation_id
-from luma_prefect._storage import Storage
+from luma_prefect._models import Generation, GenerationRequest, check_generation_id
+from luma_prefect.ledger._claims import Claims
+from luma_prefect.storage import Storage
 
 __all__ = ["Ledger", "LedgerRecord", "LedgerStatus"]
 
@@ -245,7 +244,7 @@ class Ledger:
         """Take the right to download and publish a generation; False if someone holds it.
 
         A claim older than `stale_after`, or whose process is gone from this machine (its
-        holder died), is taken over. See `luma_prefect._claims`.
+        holder died), is taken over. See `luma_prefect.ledger._claims`.
 
         Example:
             ```python

@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from luma_prefect._client import LumaClient
 from luma_prefect._exceptions import (
     LumaAuthError,
     LumaError,
@@ -26,9 +25,9 @@ from luma_prefect._exceptions import (
     LumaTransportError,
     LumaWaitTimeout,
 )
-from luma_prefect._models import Generation, GenerationState, VideoAsset
-from luma_prefect._routes import check_generation_id
-from luma_prefect._wait_settings import Clock, SystemClock, WaitSettings, normalise_states
+from luma_prefect._models import Generation, GenerationState, VideoAsset, check_generation_id
+from luma_prefect.relay._client import LumaClient
+from luma_prefect.wait._settings import Clock, SystemClock, WaitSettings, normalise_states
 
 __all__ = ["Clock", "SystemClock", "WaitSettings", "normalise_states", "wait_for_generations"]
 

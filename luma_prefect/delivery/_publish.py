@@ -12,8 +12,8 @@ from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.events import emit_event
 
 from luma_prefect._models import Generation, GenerationRequest
-from luma_prefect._results import DownloadedGeneration
-from luma_prefect._routes import public_url
+from luma_prefect._outcomes import DownloadedGeneration
+from luma_prefect._urls import public_url
 
 __all__ = [
     "EVENT_COMPLETED",

@@ -12,9 +12,10 @@ import asyncio
 from prefect import flow, get_run_logger
 
 from luma_prefect._exceptions import LumaError
-from luma_prefect._ledger import Ledger
 from luma_prefect._models import AspectRatio, GenerationRequest
-from luma_prefect._pipeline import (
+from luma_prefect._outcomes import AssetName, GenerationOutcome, PublishedGeneration
+from luma_prefect.credentials import LumaRelayCredentials
+from luma_prefect.flows._steps import (
     Destination,
     FailWhen,
     WaitOptions,
@@ -24,9 +25,8 @@ from luma_prefect._pipeline import (
     report_batch,
     same_relay,
 )
-from luma_prefect._results import AssetName, GenerationOutcome, PublishedGeneration
-from luma_prefect._storage import storage_for
-from luma_prefect.credentials import LumaRelayCredentials
+from luma_prefect.ledger._records import Ledger
+from luma_prefect.storage import storage_for
 from luma_prefect.tasks import resolve_credentials
 
 __all__ = ["collect_generations", "collect_pending", "generate_video", "generate_videos"]

@@ -26,19 +26,19 @@ from luma_prefect._exceptions import (
     LumaSubmitUncertainError,
     LumaWaitTimeout,
 )
-from luma_prefect._ledger import Ledger, LedgerRecord
-from luma_prefect._models import Generation, GenerationRequest
-from luma_prefect._publish import (
+from luma_prefect._models import Generation, GenerationRequest, check_generation_id
+from luma_prefect._outcomes import AssetName, GenerationOutcome
+from luma_prefect._urls import public_url
+from luma_prefect.credentials import LumaRelayCredentials
+from luma_prefect.delivery._publish import (
     EVENT_COMPLETED,
     EVENT_FAILED,
     artifact_key,
     create_batch_table,
     emit_generation_event,
 )
-from luma_prefect._results import AssetName, GenerationOutcome
-from luma_prefect._routes import check_generation_id, public_url
-from luma_prefect._storage import storage_for
-from luma_prefect.credentials import LumaRelayCredentials
+from luma_prefect.ledger._records import Ledger, LedgerRecord
+from luma_prefect.storage import storage_for
 from luma_prefect.tasks import (
     download_generation,
     publish_generation,

@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
-from luma_prefect._config import RetryPolicy
 from luma_prefect._exceptions import (
     LumaConfigurationError,
     LumaError,
@@ -24,16 +23,12 @@ from luma_prefect._exceptions import (
     LumaSubmitUncertainError,
     LumaTransportError,
 )
-from luma_prefect._models import ApiStyle, Generation, GenerationRequest
-from luma_prefect._parsing import parse_generation, parse_generations
-from luma_prefect._responses import read_body
-from luma_prefect._routes import (
-    Route,
-    StyleRoutes,
-    check_generation_id,
-    normalise_prefix,
-    public_url,
-)
+from luma_prefect._models import ApiStyle, Generation, GenerationRequest, check_generation_id
+from luma_prefect._retry import RetryPolicy
+from luma_prefect._urls import public_url
+from luma_prefect.relay._answers import read_body
+from luma_prefect.relay._parsing import parse_generation, parse_generations
+from luma_prefect.relay._routes import Route, StyleRoutes, normalise_prefix
 
 __all__ = ["LumaClient"]
 
