@@ -55,6 +55,11 @@ def admin_routes(relay: Relay) -> list[Route]:
         state.reset_counters()
         return json_response({"ok": True})
 
+    async def reset(request: Request) -> Response:
+        counted(request)
+        state.reset()
+        return json_response({"ok": True})
+
     async def list_faults(request: Request) -> Response:
         counted(request)
         return json_response(state.faults())
@@ -116,6 +121,7 @@ def admin_routes(relay: Relay) -> list[Route]:
         Route(f"{root}/", info, methods=["GET"]),
         Route(f"{root}/counters", counters, methods=["GET"]),
         Route(f"{root}/reset-counters", reset_counters, methods=["POST"]),
+        Route(f"{root}/reset", reset, methods=["POST"]),
         Route(f"{root}/faults", list_faults, methods=["GET"]),
         Route(f"{root}/faults", add_fault, methods=["POST"]),
         Route(f"{root}/faults", clear_faults, methods=["DELETE"]),

@@ -205,6 +205,31 @@ class RelaySimulator:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    @property
+    def idle(self) -> bool:
+        """Whether no request is being answered (a stopped simulator is idle).
+
+        Example:
+            ```python
+            assert sim.idle  # nothing of the last test still runs: safe to reset and reuse
+            ```
+        """
+        server = self._server
+        return server is None or not server.server_state.tasks
+
+    def reset(self) -> None:
+        """Forget every generation, fault and count, and restart the clock; address and
+        key stay. Much cheaper than a stop and a start (about 0.2 s), so tests reuse one
+        running simulator.
+
+        Example:
+            ```python
+            sim.reset()
+            assert sim.generation_ids() == [] and sim.faults() == []
+            ```
+        """
+        self._state.reset()
+
     # -- steering ----------------------------------------------------------------------
 
     def advance(self, seconds: float) -> float:

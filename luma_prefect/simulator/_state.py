@@ -75,13 +75,18 @@ class SimulatorState:
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
         self._lock = threading.RLock()
-        self._clock = SimClock(config.manual_clock)
-        self._wall_zero = time.time()
-        self._rng = random.Random(config.seed)
-        self._generations: dict[str, _Stored] = {}
-        self._faults = FaultBook()
-        self._link_epoch = 0
-        self._counts = CounterBook()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything: as new (clock at zero, no generations, faults or counts)."""
+        with self._lock:
+            self._clock = SimClock(self.config.manual_clock)
+            self._wall_zero = time.time()
+            self._rng = random.Random(self.config.seed)
+            self._generations: dict[str, _Stored] = {}
+            self._faults = FaultBook()
+            self._link_epoch = 0
+            self._counts = CounterBook()
 
     # -- clock -------------------------------------------------------------------------
 

@@ -1,7 +1,10 @@
-"""Pytest fixtures for the relay simulator.
+"""Pytest fixtures for the relay simulator, and the fake clock that drives it.
 
 Enable them in a `conftest.py` at the root of your tests:
 `pytest_plugins = ["luma_prefect.simulator.pytest_plugin"]`.
+
+Simulators are reused: each test gets a running one of the config it asks for, reset (no
+generations, faults or counts; clock at zero), instead of starting and stopping a server.
 
 Example:
     ```python
@@ -14,7 +17,12 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -22,29 +30,132 @@ import pytest
 from luma_prefect.simulator._config import SimulatorConfig
 from luma_prefect.simulator._server import RelaySimulator
 
-__all__ = ["FAST_TIMINGS", "luma_simulator", "luma_simulator_factory"]
+__all__ = [
+    "FAST_TIMINGS",
+    "FakeClock",
+    "SimulatorPool",
+    "luma_clock",
+    "luma_simulator",
+    "luma_simulator_factory",
+    "luma_simulator_pool",
+]
 
 #: Timings of the fixtures' simulators: a generation completes in 0.15 s of real time.
 FAST_TIMINGS: dict[str, Any] = {"pending_seconds": 0.05, "processing_seconds": 0.1}
 
+# Idle simulators kept running between tests. Each idle uvicorn loop still wakes 10 times
+# a second, so rarely used configs are stopped rather than kept forever.
+_KEEP_IDLE = 8
+# A request still being answered when its test ends (a SLOW fault the client gave up on)
+# gets this long to finish; after that its simulator is stopped instead of reused.
+_DRAIN_SECONDS = 1.0
 
-@pytest.fixture
-def luma_simulator() -> Iterator[RelaySimulator]:
-    """A running `generations`-style simulator with fast timings, stopped after the test.
+
+class FakeClock:
+    """A wait `Clock` whose sleeps return at once, moving fake time and the simulators' clocks.
+
+    Give it to the wait engine (`clock=`) and to clients (`get_client(sleep=clock.sleep)`):
+    a 30-minute wait runs in milliseconds and nothing really sleeps. `sleeps` records every
+    sleep asked, in order; `hooks` run before each sleep with the fake time; `wall()` is
+    the matching UTC time, for code that takes a `Callable[[], datetime]`.
 
     Example:
         ```python
-        def test_it(luma_simulator):
-            credentials = luma_simulator.credentials()
+        def test_wait(luma_simulator_factory):
+            sim = luma_simulator_factory(manual_clock=True, pending_seconds=60)
+            clock = FakeClock(sim)
+            ...  # run a wait with clock=clock
+            assert clock.sleeps and sim.generation(gid)["state"] == "completed"
         ```
     """
-    with RelaySimulator(SimulatorConfig(**FAST_TIMINGS)) as simulator:
-        yield simulator
+
+    #: The wall time at fake time 0 unless `epoch` is given.
+    EPOCH = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+
+    def __init__(self, *simulators: RelaySimulator, epoch: datetime | None = None) -> None:
+        self.epoch = epoch or self.EPOCH
+        self.now = 0.0
+        self.simulators = list(simulators)
+        self.sleeps: list[float] = []
+        self.hooks: list[Callable[[float], None]] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wall(self) -> datetime:
+        return self.epoch + timedelta(seconds=self.now)
+
+    def advance(self, seconds: float) -> None:
+        """Move fake time and the simulators' clocks without a sleep being asked."""
+        self.now += seconds
+        for simulator in self.simulators:
+            simulator.advance(seconds)
+
+    async def sleep(self, seconds: float) -> None:
+        for hook in self.hooks:
+            hook(self.now)
+        self.sleeps.append(seconds)
+        self.advance(seconds)
+        # Yield like a real sleep would, so cancellation and other tasks get their turn.
+        await asyncio.sleep(0)
+
+
+class SimulatorPool:
+    """Running simulators kept for a session, by config; each handed out reset.
+
+    A simulator is reused only when its last test left it running and idle. One with a
+    fixed `port` is never pooled: it is started for its test and stopped after.
+    """
+
+    def __init__(self, keep_idle: int = _KEEP_IDLE) -> None:
+        self._keep_idle = keep_idle
+        self._idle: OrderedDict[int, tuple[SimulatorConfig, RelaySimulator]] = OrderedDict()
+
+    def acquire(self, config: SimulatorConfig) -> RelaySimulator:
+        """A running simulator of exactly this config, as new."""
+        if not config.port:
+            for key, (pooled_config, simulator) in self._idle.items():
+                if pooled_config == config:
+                    del self._idle[key]
+                    if simulator.running:
+                        simulator.reset()
+                        return simulator
+                    break
+        return RelaySimulator(config).start()
+
+    def release(self, simulator: RelaySimulator, config: SimulatorConfig) -> None:
+        """Keep a simulator for a later test, or stop it."""
+        deadline = time.monotonic() + _DRAIN_SECONDS
+        while not simulator.idle and time.monotonic() < deadline:
+            time.sleep(0.005)
+        if config.port or not simulator.running or not simulator.idle:
+            simulator.stop()
+            return
+        self._idle[id(simulator)] = (config, simulator)
+        while len(self._idle) > self._keep_idle:
+            _, (_, oldest) = self._idle.popitem(last=False)
+            oldest.stop()
+
+    def close(self) -> None:
+        """Stop every simulator kept."""
+        while self._idle:
+            _, (_, simulator) = self._idle.popitem()
+            simulator.stop()
+
+
+@pytest.fixture(scope="session")
+def luma_simulator_pool() -> Iterator[SimulatorPool]:
+    """The session's `SimulatorPool`, behind `luma_simulator` and `luma_simulator_factory`."""
+    pool = SimulatorPool()
+    yield pool
+    pool.close()
 
 
 @pytest.fixture
-def luma_simulator_factory() -> Iterator[Callable[..., RelaySimulator]]:
-    """Starts simulators from config fields (fast timings unless given); all stopped after.
+def luma_simulator_factory(
+    luma_simulator_pool: SimulatorPool,
+) -> Iterator[Callable[..., RelaySimulator]]:
+    """Running simulators from config fields (fast timings unless given), reset for this test.
 
     Example:
         ```python
@@ -52,16 +163,43 @@ def luma_simulator_factory() -> Iterator[Callable[..., RelaySimulator]]:
             sim = luma_simulator_factory(style="task", manual_clock=True)
         ```
     """
-    started: list[RelaySimulator] = []
+    taken: list[tuple[RelaySimulator, SimulatorConfig]] = []
 
     def make(config: SimulatorConfig | None = None, **fields: Any) -> RelaySimulator:
         if config is None:
             config = SimulatorConfig(**{**FAST_TIMINGS, **fields})
-            fields = {}
-        simulator = RelaySimulator(config, **fields).start()
-        started.append(simulator)
+        elif fields:
+            config = dataclasses.replace(config, **fields)
+        simulator = luma_simulator_pool.acquire(config)
+        taken.append((simulator, config))
         return simulator
 
     yield make
-    for simulator in reversed(started):
-        simulator.stop()
+    for simulator, config in reversed(taken):
+        luma_simulator_pool.release(simulator, config)
+
+
+@pytest.fixture
+def luma_simulator(luma_simulator_factory: Callable[..., RelaySimulator]) -> RelaySimulator:
+    """A running `generations`-style simulator with fast timings, reset for this test.
+
+    Example:
+        ```python
+        def test_it(luma_simulator):
+            credentials = luma_simulator.credentials()
+        ```
+    """
+    return luma_simulator_factory()
+
+
+@pytest.fixture
+def luma_clock() -> FakeClock:
+    """A `FakeClock` driving no simulator yet (`luma_clock.simulators.append(sim)`).
+
+    Example:
+        ```python
+        async def test_retries(luma_clock):
+            client = LumaClient(url, key, sleep=luma_clock.sleep)
+        ```
+    """
+    return FakeClock()

@@ -10,18 +10,14 @@ from typer.testing import CliRunner
 
 from luma_prefect import LumaRelayCredentials
 from luma_prefect.cli import app
-from luma_prefect.simulator import RelaySimulator, SimulatorConfig
+from luma_prefect.simulator import RelaySimulator
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 @pytest.fixture
-def sim() -> RelaySimulator:
-    simulator = RelaySimulator(
-        SimulatorConfig(pending_seconds=0.05, processing_seconds=0.1)
-    ).start()
-    yield simulator
-    simulator.stop()
+def sim(luma_simulator: RelaySimulator) -> RelaySimulator:
+    return luma_simulator
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,22 +12,7 @@ from prefect.events.worker import EventsWorker
 
 import luma_prefect.tasks._common
 from luma_prefect.simulator import RelaySimulator
-
-
-class SimulatorDrivenClock:
-    """Sleeps return at once and move the simulator's clock: minutes of waiting in ms."""
-
-    def __init__(self, simulator: RelaySimulator) -> None:
-        self.now = 0.0
-        self.simulator = simulator
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        self.simulator.advance(seconds)
-        await asyncio.sleep(0)
+from luma_prefect.simulator.pytest_plugin import FakeClock
 
 
 @pytest.fixture
@@ -46,9 +30,7 @@ def drive_waits(monkeypatch: pytest.MonkeyPatch) -> Callable[[RelaySimulator], N
     """Make every wait's sleeps move this simulator's clock instead of real time."""
 
     def drive(simulator: RelaySimulator) -> None:
-        monkeypatch.setattr(
-            luma_prefect.tasks._common, "wait_clock", SimulatorDrivenClock(simulator)
-        )
+        monkeypatch.setattr(luma_prefect.tasks._common, "wait_clock", FakeClock(simulator))
 
     return drive
 

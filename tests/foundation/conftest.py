@@ -10,6 +10,7 @@ import pytest
 import respx
 
 from luma_prefect import LumaClient
+from luma_prefect.simulator.pytest_plugin import FakeClock
 
 BASE_URL = "https://relay.example"
 API_KEY = "sk-SECRET-123"
@@ -23,21 +24,18 @@ def relay() -> Iterator[respx.MockRouter]:
 
 
 @pytest.fixture
-def sleeps() -> list[float]:
+def sleeps(luma_clock: FakeClock) -> list[float]:
     """The delays a client asked to sleep, in order (nothing really sleeps)."""
-    return []
+    return luma_clock.sleeps
 
 
 @pytest.fixture
-async def make_client(sleeps: list[float]) -> AsyncIterator[Callable[..., LumaClient]]:
-    """Build LumaClients that record their sleeps instead of sleeping; closed afterwards."""
+async def make_client(luma_clock: FakeClock) -> AsyncIterator[Callable[..., LumaClient]]:
+    """Build LumaClients that sleep on the fake clock (recorded in `sleeps`); closed after."""
     clients: list[LumaClient] = []
 
-    async def record(seconds: float) -> None:
-        sleeps.append(seconds)
-
     def make(**kwargs: Any) -> LumaClient:
-        kwargs.setdefault("sleep", record)
+        kwargs.setdefault("sleep", luma_clock.sleep)
         kwargs.setdefault("rng", random.Random(7))
         client = LumaClient(
             kwargs.pop("base_url", BASE_URL), kwargs.pop("api_key", API_KEY), **kwargs

@@ -12,18 +12,11 @@ import pytest
 from luma_prefect import Generation, GenerationRequest, LumaConfigurationError
 from luma_prefect.ledger._claims import Claims
 from luma_prefect.ledger._records import Ledger
+from luma_prefect.simulator.pytest_plugin import FakeClock
 from luma_prefect.storage import Storage, storage_for
 
 GID = "4665a07c-7641-4809-a133-10786201bb56"
 FIFTEEN_MINUTES = timedelta(minutes=15)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -34,13 +27,8 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def ledger(storage: Storage, clock: Clock) -> Ledger:
-    return Ledger(storage, clock=clock)
+def ledger(storage: Storage, luma_clock: FakeClock) -> Ledger:
+    return Ledger(storage, clock=luma_clock.wall)
 
 
 def _record(ledger: Ledger, generation_id: str = GID, run: str = "run-1") -> str:
@@ -68,11 +56,11 @@ def test_a_submission_is_found_again_by_its_key(ledger: Ledger) -> None:
 
 
 def test_records_move_through_statuses_and_leave_unfinished_when_published(
-    ledger: Ledger, clock: Clock
+    ledger: Ledger, luma_clock: FakeClock
 ) -> None:
     _record(ledger)
     _record(ledger, "5775b18d-0000-4000-8000-000000000000", run="run-2")
-    clock.now += timedelta(seconds=30)
+    luma_clock.advance(30)
     ledger.mark(GID, "completed")
     ledger.mark(GID, "published")
 
@@ -108,10 +96,10 @@ def test_a_held_claim_keeps_others_out_until_released(ledger: Ledger) -> None:
 
 
 def test_a_stale_claim_is_taken_over_and_its_old_holder_cannot_release_it(
-    ledger: Ledger, clock: Clock
+    ledger: Ledger, luma_clock: FakeClock
 ) -> None:
     assert ledger.claim(GID, "run-1", stale_after=FIFTEEN_MINUTES)
-    clock.now += FIFTEEN_MINUTES
+    luma_clock.advance(FIFTEEN_MINUTES.total_seconds())
 
     assert ledger.claim(GID, "run-2", stale_after=FIFTEEN_MINUTES)
     ledger.release(GID, "run-1")  # the late holder comes back: the new claim stands
@@ -120,17 +108,17 @@ def test_a_stale_claim_is_taken_over_and_its_old_holder_cannot_release_it(
 
 
 def test_two_sweeps_racing_for_a_stale_claim_cannot_both_win(
-    storage: Storage, clock: Clock
+    storage: Storage, luma_clock: FakeClock
 ) -> None:
-    first = Claims(storage, "claims", clock=clock)
-    second = Claims(storage, "claims", clock=clock)
+    first = Claims(storage, "claims", clock=luma_clock.wall)
+    second = Claims(storage, "claims", clock=luma_clock.wall)
     assert first.take(GID, "run-0", stale_after=FIFTEEN_MINUTES)
-    clock.now += FIFTEEN_MINUTES
+    luma_clock.advance(FIFTEEN_MINUTES.total_seconds())
     # Both read the stale claim (number 0) before either writes: both go for number 1.
     number, current = first._current(GID)
     assert number == 0 and current is not None
     wins = [
-        claims._create(GID, number + 1, {"owner": owner, "at": clock().isoformat()})
+        claims._create(GID, number + 1, {"owner": owner, "at": luma_clock.wall().isoformat()})
         for claims, owner in ((first, "run-1"), (second, "run-2"))
     ]
 
@@ -139,7 +127,7 @@ def test_two_sweeps_racing_for_a_stale_claim_cannot_both_win(
 
 
 def test_a_claim_of_a_dead_process_on_this_machine_is_taken_over_at_once(
-    tmp_path: Path, clock: Clock
+    tmp_path: Path,
 ) -> None:
     # A child process takes the claim and exits (as a SIGKILLed worker would, claim kept).
     code = (
@@ -151,20 +139,25 @@ def test_a_claim_of_a_dead_process_on_this_machine_is_taken_over_at_once(
         f"assert claims.take({GID!r}, 'dead-run', stale_after=timedelta(hours=1))\n"
     )
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
-    claims = Claims(storage_for(str(tmp_path)), "claims", clock=clock)
-    clock.now = datetime.now(timezone.utc)
+    clock = FakeClock(epoch=datetime.now(timezone.utc))
+    claims = Claims(storage_for(str(tmp_path)), "claims", clock=clock.wall)
 
     assert claims.owner(GID) == "dead-run"
     assert claims.take(GID, "run-2", stale_after=timedelta(hours=1))
 
 
 def test_a_claim_of_a_live_process_elsewhere_waits_for_its_age(
-    storage: Storage, clock: Clock
+    storage: Storage, luma_clock: FakeClock
 ) -> None:
-    claims = Claims(storage, "claims", clock=clock)
-    body = {"owner": "run-1", "at": clock().isoformat(), "machine": "other-host", "pid": 1}
+    claims = Claims(storage, "claims", clock=luma_clock.wall)
+    body = {
+        "owner": "run-1",
+        "at": luma_clock.wall().isoformat(),
+        "machine": "other-host",
+        "pid": 1,
+    }
     assert claims._create(GID, 0, body)
 
     assert not claims.take(GID, "run-2", stale_after=FIFTEEN_MINUTES)
-    clock.now += FIFTEEN_MINUTES
+    luma_clock.advance(FIFTEEN_MINUTES.total_seconds())
     assert claims.take(GID, "run-2", stale_after=FIFTEEN_MINUTES)

@@ -1,13 +1,12 @@
 """Shared helpers of the wait and task tests: a fake clock that drives the simulator.
 
 Every test talks real HTTP to a relay simulator on 127.0.0.1 whose clock is manual. The
-`FakeClock` given to the wait engine (and to the client's retry sleeps) moves its own time
-and the simulator's together, so a 30-minute wait runs in milliseconds and nothing sleeps.
+plugin's `FakeClock` given to the wait engine (and to the client's retry sleeps) moves its
+own time and the simulator's together, so a 30-minute wait runs in milliseconds.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -17,33 +16,7 @@ import pytest
 
 from luma_prefect import LumaClient
 from luma_prefect.simulator import RelaySimulator
-
-
-class FakeClock:
-    """A `Clock` whose sleeps return at once, moving fake time and the simulators' clocks.
-
-    `sleeps` records every sleep asked (the engine's poll delays and the client's retry
-    delays alike); `hooks` run before each sleep with the current fake time.
-    """
-
-    def __init__(self, *simulators: RelaySimulator) -> None:
-        self.now = 0.0
-        self.simulators = list(simulators)
-        self.sleeps: list[float] = []
-        self.hooks: list[Callable[[float], None]] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        for hook in self.hooks:
-            hook(self.now)
-        self.sleeps.append(seconds)
-        self.now += seconds
-        for simulator in self.simulators:
-            simulator.advance(seconds)
-        # Yield like a real sleep would, so cancellation and other tasks get their turn.
-        await asyncio.sleep(0)
+from luma_prefect.simulator.pytest_plugin import FakeClock
 
 
 class ListHandler(logging.Handler):

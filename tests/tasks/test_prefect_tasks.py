@@ -41,6 +41,7 @@ from luma_prefect import (
 from luma_prefect import tasks as luma_tasks
 from luma_prefect.credentials import LumaRelayCredentials
 from luma_prefect.simulator import Fault, FaultKind, RelaySimulator
+from luma_prefect.simulator.pytest_plugin import FakeClock
 from luma_prefect.tasks import (
     extend_generation,
     fetch_generation,
@@ -52,7 +53,7 @@ from luma_prefect.tasks import (
 )
 from luma_prefect.wait._engine import SystemClock
 
-from .conftest import FakeClock, ListHandler
+from .conftest import ListHandler
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 

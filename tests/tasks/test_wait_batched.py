@@ -18,9 +18,10 @@ from luma_prefect import (
     LumaWaitTimeout,
 )
 from luma_prefect.simulator import RelaySimulator
+from luma_prefect.simulator.pytest_plugin import FakeClock
 from luma_prefect.wait._engine import WaitSettings, wait_for_generations
 
-from .conftest import FakeClock, ListHandler
+from .conftest import ListHandler
 
 MakeClient = Callable[..., LumaClient]
 

@@ -22,14 +22,13 @@ from luma_prefect import (
     LumaWaitTimeout,
 )
 from luma_prefect.simulator import Fault, FaultKind, RelaySimulator
+from luma_prefect.simulator.pytest_plugin import FakeClock
 from luma_prefect.wait._engine import (
     SystemClock,
     WaitSettings,
     normalise_states,
     wait_for_generations,
 )
-
-from .conftest import FakeClock
 
 MakeClient = Callable[..., LumaClient]
 
