@@ -37,8 +37,12 @@ app = typer.Typer(
 
 
 @app.callback()
-def _root() -> None:
+def _root(ctx: typer.Context) -> None:
     """Luma Dream Machine video generation through API relays, with Prefect."""
+    if ctx.invoked_subcommand in ("demo", "generate", "collect"):
+        from luma_prefect._prefect_home import use_private_prefect_home
+
+        use_private_prefect_home()  # no server set: never the user's ~/.prefect database
 
 
 @app.command()
