@@ -9,9 +9,6 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import pytest
-import sqlalchemy
-
 from ._stack import CREDENTIALS_BLOCK, FAST_POLLS, Stack, eventually
 
 ASSET_FILES = ("video.mp4", "thumbnail.jpg", "last_frame.jpg")
@@ -21,9 +18,6 @@ DEPLOYMENTS = (
     "collect-generations/collect-generations",
     "collect-pending/collect-pending",
 )
-# Prefect 3.8's scheduler inserts flow runs through a hybrid property that SQLAlchemy 2.1
-# refuses in bulk inserts ("Can't evaluate bulk DML statement"): no scheduled run is made.
-SQLALCHEMY_2_1 = tuple(int(p) for p in sqlalchemy.__version__.split(".")[:2]) >= (2, 1)
 
 
 async def _events(stack: Stack, generation_id: str) -> list[Any]:
@@ -117,12 +111,6 @@ async def test_serve_registers_the_four_deployments_with_its_options(stack: Stac
         assert deployments[name].schedules == [], name
 
 
-@pytest.mark.xfail(
-    SQLALCHEMY_2_1,
-    reason="Prefect 3.8's scheduler fails on SQLAlchemy 2.1 (bulk DML on a hybrid property): "
-    "pin SQLAlchemy<2.1 so collect-pending really runs every 10 minutes",
-    strict=False,
-)
 async def test_server_schedules_collect_pending_every_ten_minutes(stack: Stack) -> None:
     """Guards the README's "collect-pending runs every 10 minutes": the server's scheduler
     turns the schedule into Scheduled flow runs 10 minutes apart, the first in the future
