@@ -26,11 +26,6 @@ def use_private_prefect_home() -> Path | None:
 
     Returns the temporary home, or None when `PREFECT_API_URL` names a server. Call it
     before the first flow run of the process.
-
-    Example:
-        ```python
-        use_private_prefect_home()  # then run flows: no ~/.prefect database involved
-        ```
     """
     if os.environ.get("PREFECT_API_URL") or _profile_api_url():
         return None
