@@ -45,7 +45,7 @@ def ledger(storage: Storage, clock: Clock) -> Ledger:
 
 def _record(ledger: Ledger, generation_id: str = GID, run: str = "run-1") -> str:
     request = GenerationRequest(prompt="a fox")
-    key = Ledger.submit_key(run, "https://relay|generations", request, None)
+    key = Ledger.submit_key(f"run:{run}", "https://relay|generations", request)
     ledger.record_submitted(
         Generation(id=generation_id, state="pending"),
         key=key,
@@ -62,7 +62,7 @@ def test_a_submission_is_found_again_by_its_key(ledger: Ledger) -> None:
 
     assert ledger.find_submission(key) == GID
     other = Ledger.submit_key(
-        "run-2", "https://relay|generations", GenerationRequest(prompt="a fox"), None
+        "run:run-2", "https://relay|generations", GenerationRequest(prompt="a fox")
     )
     assert other != key and ledger.find_submission(other) is None
 
