@@ -172,7 +172,13 @@ async def _submit_once(
                     f"twice). {resolve_advice(key, destination, block)}",
                     generation_id=None,
                 )
-            _resolve(ledger, key, generation, "the submit task's persisted Prefect result")
+            _resolve(
+                ledger,
+                key,
+                generation,
+                "the submit task's persisted Prefect result",
+                flow_run_id=flow_run_id,
+            )
             logger.info(
                 "Generation %s was submitted by an earlier attempt of this run (found in its "
                 "persisted Prefect result): it is reused, not paid again.",
@@ -241,9 +247,16 @@ def _say_reused(generation_id: str, scope: str) -> None:
     )
 
 
-def _resolve(ledger: Ledger, key: str, generation: Generation, how: str) -> None:
+def _resolve(
+    ledger: Ledger,
+    key: str,
+    generation: Generation,
+    how: str,
+    *,
+    flow_run_id: str | None = None,
+) -> None:
     try:
-        ledger.resolve_submission(key, generation, how)
+        ledger.resolve_submission(key, generation, how, flow_run_id=flow_run_id)
     except (OSError, LumaError) as exc:
         get_run_logger().error(
             "Could not record generation %s in the ledger (%s); `luma-prefect collect %s` "

@@ -278,8 +278,13 @@ class Ledger:
         self._write_intent(dropped)
         return dropped
 
-    def resolve_submission(self, key: str, generation: Generation, how: str) -> LedgerRecord:
+    def resolve_submission(
+        self, key: str, generation: Generation, how: str, *, flow_run_id: str | None = None
+    ) -> LedgerRecord:
         """Attach the generation an in-doubt submit created; it is then an ordinary record.
+
+        `flow_run_id`: the run that goes on with it (a retried run); None, the default, lets
+        any sweep finish it (the run that sent it died or gave up on it).
 
         Example:
             ```python
@@ -292,7 +297,7 @@ class Ledger:
             generation,
             key=key,
             request=request,
-            flow_run_id=intent.flow_run_id,
+            flow_run_id=flow_run_id,
             relay_base_url=intent.relay_base_url or "",
             relay_style=intent.relay_style or "",
             resolved=how,

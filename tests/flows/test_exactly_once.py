@@ -73,8 +73,10 @@ async def test_a_retried_parent_of_a_batch_does_not_pay_again_for_any_item(
     sim: RelaySimulator, tmp_path: Path
 ) -> None:
     """generate-videos inside a retried parent: every item keeps its paid generation."""
+    # One video link is refused once (a final download error): the batch fails, the parent
+    # retries, and a new generate-videos subflow run submits the three requests again.
     sim.add_fault(
-        Fault(FaultKind.SERVER_ERROR, routes=("media",), prompt_contains="clip 1", times=60)
+        Fault(FaultKind.SERVER_ERROR, status=400, routes=("media",), prompt_contains="clip 1")
     )
     requests = [GenerationRequest(prompt=f"clip {i}") for i in range(3)]
 
