@@ -445,8 +445,8 @@ class LumaClient:
             said = "an answer that could not be read"
         return LumaSubmitUncertainError(
             f"{action} got {said}, so whether the relay created a paid generation is "
-            "unknown. It was not retried, so as not to pay twice: look for it in the relay's "
-            f"task list at {self.shown_url} (submitting again may pay for a second one).",
+            "unknown. It was not retried, so as not to pay twice: look at the relay's task "
+            f"list at {self.shown_url} before submitting again.",
             generation_id=error.generation_id,
         )
 
@@ -457,8 +457,8 @@ class LumaClient:
         if paid and not isinstance(exc, _NOT_SENT):
             return LumaSubmitUncertainError(
                 f"{action} broke after the request may have reached the relay ({what}). It "
-                "was not retried, so as not to pay for a second generation: look for it in "
-                f"the relay's task list at {self.shown_url} (submitting again may pay twice).",
+                "was not retried, so as not to pay for a second generation: look at the "
+                f"relay's task list at {self.shown_url} before submitting again.",
                 generation_id=generation_id,
             )
         return LumaTransportError(
