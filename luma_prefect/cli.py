@@ -3,8 +3,8 @@
 Kept cheap to import: every command imports what it needs inside itself.
 
 Commands: `simulate` (an offline relay), `generate` and `collect` (the main job on a real
-relay), `save-credentials` (a block from the environment), `demo` (the main job on the
-simulator and Prefect's embedded API).
+relay), `resolve` (paid submits in doubt), `save-credentials` (a block from the
+environment), `demo` (the main job on the simulator and Prefect's embedded API).
 
 Example:
     ```console
@@ -271,6 +271,75 @@ def save_credentials(
     block.save(name, overwrite=overwrite)
     typer.echo(
         f"Saved LumaRelayCredentials block {name!r} for {block.base_url} ({block.api_style} style)."
+    )
+
+
+@app.command()
+def resolve(
+    key: str | None = typer.Argument(
+        None, help="Key (or its first 6+ characters) of a submit in doubt; none: list them."
+    ),
+    destination: str = typer.Option("luma-output", help="Folder or fsspec URL of the ledger."),
+    generation_id: str | None = typer.Option(
+        None, "--generation-id", help="The generation the relay created for this submit."
+    ),
+    abandon: bool = typer.Option(
+        False, "--abandon", help="The relay created nothing: stop reporting this submit."
+    ),
+) -> None:
+    """List paid submits in doubt, or resolve one: attach its generation id, or abandon it.
+
+    A submit is in doubt when it may have reached the relay but no generation id was
+    recorded. Nothing here sends anything to the relay: attaching an id lets
+    collect-pending finish that generation; abandoning lets a later run submit it anew.
+
+    Example:
+        ```console
+        $ luma-prefect resolve --destination ./luma-output
+        $ luma-prefect resolve 3f9c2a81 --generation-id 4665a07c-7641-4809-a133-10786201bb56
+        ```
+    """
+    from luma_prefect._exceptions import LumaError
+    from luma_prefect._models import Generation, check_generation_id
+    from luma_prefect.ledger._records import Ledger
+    from luma_prefect.storage import storage_for
+
+    try:
+        ledger = Ledger(storage_for(destination))
+        if key is None:
+            if generation_id or abandon:
+                _fail("give the KEY of the submit to resolve (run without options to list).")
+            _print_in_doubt(ledger.in_doubt(), destination)
+            return
+        if bool(generation_id) == abandon:
+            _fail("give either --generation-id ID or --abandon.")
+        intent = ledger.find_in_doubt(key)
+        if abandon:
+            ledger.drop_in_doubt(intent.key, "abandoned with luma-prefect resolve")
+            typer.echo(f"Submit {intent.key} abandoned: it is no longer reported.")
+            return
+        gid = check_generation_id(generation_id)
+        ledger.resolve_submission(intent.key, Generation(id=gid, state="pending"), "by hand")
+    except (LumaError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"Submit {intent.key} is generation {gid}: collect-pending (or `luma-prefect collect "
+        f"{gid} --destination {shlex.quote(destination)}`) downloads and publishes it."
+    )
+
+
+def _print_in_doubt(intents: list[Any], destination: str) -> None:
+    if not intents:
+        typer.echo(f"No submit in doubt in {destination}.")
+        return
+    typer.echo(f"{len(intents)} submit(s) in doubt in {destination} (never sent again):")
+    for intent in intents:
+        why = intent.reason or "the run stopped before the answer was recorded"
+        typer.echo(f"  {intent.key}  since {intent.at}  prompt {intent.prompt[:60]!r}")
+        typer.echo(f"      flow run {intent.flow_run_id}: {why[:160]}")
+    typer.echo(
+        "Find each in the relay's task list, then: luma-prefect resolve KEY --generation-id ID "
+        "(or --abandon if the relay created nothing)."
     )
 
 

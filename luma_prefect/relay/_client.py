@@ -26,7 +26,7 @@ from luma_prefect._exceptions import (
 from luma_prefect._models import ApiStyle, Generation, GenerationRequest, check_generation_id
 from luma_prefect._retry import RetryPolicy
 from luma_prefect._urls import public_url
-from luma_prefect.relay._answers import read_body
+from luma_prefect.relay._answers import proves_refusal, read_body
 from luma_prefect.relay._parsing import parse_generation, parse_generations
 from luma_prefect.relay._routes import Route, StyleRoutes, normalise_prefix
 
@@ -174,7 +174,17 @@ class LumaClient:
         generation_id = check_generation_id(generation_id)
         route = self.routes.query(generation_id)
         body = await self._send(route, f"Querying generation {generation_id}", generation_id)
-        return self._parse_one(body, generation_id)
+        generation = self._parse_one(body, generation_id)
+        if generation.id.lower() != generation_id.lower():
+            # Never believed: delivering it would publish another generation's video.
+            raise LumaProtocolError(
+                f"Querying generation {generation_id}: the relay answered about another "
+                f"generation ({generation.id[:80]}). The answer is ignored and the query "
+                "retried; if it persists, report it to the relay.",
+                generation_id=generation_id,
+                body_excerpt=None,
+            )
+        return generation
 
     async def find_generations(self, generation_ids: Iterable[str]) -> dict[str, Generation]:
         """The generations the relay knows among `generation_ids`, by id; unknown ids left out.
@@ -264,6 +274,34 @@ class LumaClient:
             paid=True,
         )
         return self._parse_one(body, None, paid=True)
+
+    @property
+    def can_list(self) -> bool:
+        """Whether this relay style lists recent generations (to find a lost submit again).
+
+        Example:
+            ```python
+            if client.can_list:
+                recent = await client.list_recent_generations()
+            ```
+        """
+        return self.routes.list_recent() is not None
+
+    async def list_recent_generations(self, limit: int = 100) -> list[Generation]:
+        """The relay's newest generations, newest first (official style only; else []).
+
+        Example:
+            ```python
+            recent = await client.list_recent_generations()
+            ```
+        """
+        route = self.routes.list_recent(limit)
+        if route is None:
+            return []
+        body = await self._send(route, "Listing recent generations", None)
+        if isinstance(body, Mapping) and isinstance(body.get("generations"), list):
+            body = body["generations"]
+        return parse_generations(body) if body else []
 
     async def get_download_url(self, generation_id: str) -> str:
         """A fresh no-watermark video link for a completed generation.
@@ -372,6 +410,9 @@ class LumaClient:
                         raise self._redacted(exc) from None
                     error, retryable = exc, True
                 except LumaError as exc:
+                    if paid and not proves_refusal(exc, response):
+                        # e.g. a gateway's 408 or 400 after it forwarded: maybe created.
+                        raise self._redacted(self._uncertain(action, exc)) from None
                     raise self._redacted(exc) from None
             retry_number += 1
             if not retryable or retry_number > self.retry.max_retries:

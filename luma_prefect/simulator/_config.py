@@ -53,6 +53,8 @@ class FaultKind(str, Enum):
     NO_BATCH_ROUTE = "no_batch_route"
     UNKNOWN_STATE = "unknown_state"
     FAIL_GENERATION = "fail_generation"
+    ACCEPT_THEN_ERROR = "accept_then_error"
+    OTHER_GENERATION = "other_generation"
 
 
 # Where each kind acts when `Fault.routes` is empty.
@@ -70,6 +72,8 @@ DEFAULT_ROUTES: dict[FaultKind, tuple[str, ...]] = {
     FaultKind.UNKNOWN_STATE: _RENDERING_ROUTES,
     # Decides an outcome rather than an answer, so it is not tied to a route.
     FaultKind.FAIL_GENERATION: ROUTES,
+    FaultKind.ACCEPT_THEN_ERROR: ("submit", "extend"),
+    FaultKind.OTHER_GENERATION: ("query",),
 }
 
 
@@ -87,9 +91,13 @@ class Fault:
     `DROP_CONNECTION` and `MALFORMED_JSON` break the answer *after* the relay did the work:
     on a submit, the paid generation exists although the client never read its id, as on
     a real flaky relay. `RATE_LIMIT`, `SERVER_ERROR` and `ERROR_BODY_200` refuse before.
+    `ACCEPT_THEN_ERROR` creates the paid generation, then answers `status` (a gateway's
+    408, 400 or 5xx after forwarding) without its id. `OTHER_GENERATION` answers a query
+    for one generation with another generation's object.
 
     Routes each kind acts on by default: the API routes (submit, extend, query, batch,
-    download_url) for RATE_LIMIT, MALFORMED_JSON, ERROR_BODY_200; those and media for
+    download_url) for RATE_LIMIT, MALFORMED_JSON, ERROR_BODY_200; submit and extend for
+    ACCEPT_THEN_ERROR; query for OTHER_GENERATION; those and media for
     SERVER_ERROR, SLOW, DROP_CONNECTION; query, batch, download_url for
     NOT_FOUND_AFTER_SUBMIT; the routes that render generations for NO_DOWNLOAD_URL and
     UNKNOWN_STATE; media for EXPIRED_LINK (its fresh links come from query, batch and

@@ -128,6 +128,14 @@ class RelayBase:
     def _created(self, call: Call, generation_id: str, status: int = 200) -> Response:
         view = self.state.view(generation_id, call.route)
         assert view is not None
+        broken = self.state.fire_fault(
+            (FaultKind.ACCEPT_THEN_ERROR,), call.route, Target((view.id,), (view.prompt,))
+        )
+        if broken is not None:
+            # Paid and created; the answer is an error that carries no id.
+            code = broken.fault.status
+            body, media_type = shapes.server_error(self.style, code, call.request_id)
+            return Response(body, code, media_type=media_type)
         obj = self.render(view)
         if self.style == "task":
             return self.answer(call, shapes.wrapped(obj))
