@@ -29,6 +29,8 @@ from luma_prefect.delivery._publish import (
 )
 from luma_prefect.storage import storage_for
 from luma_prefect.tasks._common import (
+    DOWNLOAD_BACKSTOP_SECONDS,
+    PUBLISH_BACKSTOP_SECONDS,
     READ_OPTIONS,
     CredentialsInput,
     client_for,
@@ -47,7 +49,12 @@ def _download_run_name() -> str:
     return f"download-{generation_id}"
 
 
-@task(name="download-generation", task_run_name=_download_run_name, **READ_OPTIONS)
+@task(
+    name="download-generation",
+    task_run_name=_download_run_name,
+    timeout_seconds=DOWNLOAD_BACKSTOP_SECONDS,
+    **READ_OPTIONS,
+)
 async def download_generation(
     credentials: CredentialsInput,
     generation: Generation | str,
@@ -107,6 +114,7 @@ async def download_generation(
     name="publish-generation",
     task_run_name="publish-{downloaded.generation.id}",
     cache_policy=NO_CACHE,
+    timeout_seconds=PUBLISH_BACKSTOP_SECONDS,
 )
 async def publish_generation(
     downloaded: DownloadedGeneration,
