@@ -28,8 +28,8 @@ from luma_prefect._models import ApiStyle, Generation, GenerationRequest, check_
 from luma_prefect._retry import RetryPolicy
 from luma_prefect._urls import public_url
 from luma_prefect.relay._answers import read_body
-from luma_prefect.relay._redaction import install_httpx_redaction, remember_secrets
 from luma_prefect.relay._parsing import parse_generation, parse_generations
+from luma_prefect.relay._redaction import install_httpx_redaction, remember_secrets
 from luma_prefect.relay._routes import Route, StyleRoutes, normalise_prefix
 
 __all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "LumaClient", "check_base_url"]

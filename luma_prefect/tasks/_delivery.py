@@ -63,6 +63,7 @@ async def download_generation(
     video_sources: Sequence[str] = VIDEO_SOURCES,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_concurrent_downloads: int = 3,
+    part_tag: str | None = None,
 ) -> DownloadedGeneration:
     """Download a completed generation's files to `<destination>/<generation id>/`.
 
@@ -73,6 +74,8 @@ async def download_generation(
     are skipped with a warning when missing. Files stream to disk, are verified (length,
     sha256) and resumed with HTTP Range after a broken connection; expired links are
     refreshed once from the relay; a rerun reuses verified files without downloading.
+    `part_tag` (letters and digits) names the partial files after their holder, so two
+    concurrent deliveries of one generation never write into the same `.part`.
 
     Example:
         ```python
@@ -104,6 +107,7 @@ async def download_generation(
             max_bytes=max_bytes,
             max_concurrent=max_concurrent_downloads,
             logger=get_run_logger(),  # type: ignore[arg-type]
+            part_tag=part_tag,
         )
     return downloaded.model_copy(
         update={"relay_base_url": public_url(block.base_url), "relay_style": block.api_style}

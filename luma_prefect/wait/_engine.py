@@ -143,9 +143,7 @@ async def wait_for_generations(
     return {i: results[i] for i in ids if i in results}
 
 
-async def _bounded(
-    client: LumaClient, call: Awaitable[_T], seconds_left: float, ids: Sized
-) -> _T:
+async def _bounded(client: LumaClient, call: Awaitable[_T], seconds_left: float, ids: Sized) -> _T:
     """A relay call of the wait, cut off at most one call's bound (the client's per-request
     deadline) past the wait's deadline: the client's retries, a relay's long Retry-After or
     a video-link lookup must not stretch a wait past it."""
