@@ -35,6 +35,8 @@ from luma_prefect.relay._routes import Route, StyleRoutes, normalise_prefix
 __all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "LumaClient", "check_base_url"]
 
 logger = logging.getLogger("luma_prefect.client")
+# From import on: also the media client's request lines (signed CDN links) are redacted.
+install_httpx_redaction()
 
 Sleep = Callable[[float], Awaitable[None]]
 
