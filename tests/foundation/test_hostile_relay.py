@@ -48,7 +48,7 @@ async def guarded(call: Awaitable[T]) -> tuple[T | BaseException, float]:
         result: T | BaseException = await asyncio.wait_for(call, GUARD)
     except asyncio.TimeoutError:
         pytest.fail(f"the call was still running after {GUARD} s: it has no total deadline")
-    except Exception as exc:  # noqa: BLE001 - the test inspects it
+    except Exception as exc:
         result = exc
     return result, time.monotonic() - started
 
@@ -168,11 +168,13 @@ async def test_a_trickling_answer_to_a_paid_submit_is_in_doubt_and_never_resent(
 
 async def test_an_endless_run_of_100_continue_is_cut_at_the_deadline() -> None:
     relay = RawRelay(endless_continue)
-    async with relay as base_url:
-        async with LumaClient(
+    async with (
+        relay as base_url,
+        LumaClient(
             base_url, "sk-k", timeout_seconds=DEADLINE, retry=RetryPolicy(max_retries=0)
-        ) as client:
-            error, took = await guarded(client.get_generation(GID))
+        ) as client,
+    ):
+        error, took = await guarded(client.get_generation(GID))
 
     assert isinstance(error, LumaTransportError), error
     assert took < DEADLINE + 1.0
@@ -196,9 +198,11 @@ async def test_json_nested_too_deep_is_a_protocol_error(
 
 async def test_a_bad_gzip_body_is_a_protocol_error() -> None:
     relay = RawRelay(bad_gzip)
-    async with relay as base_url:
-        async with LumaClient(base_url, "sk-k", timeout_seconds=DEADLINE) as client:
-            error, _ = await guarded(client.get_generation(GID))
+    async with (
+        relay as base_url,
+        LumaClient(base_url, "sk-k", timeout_seconds=DEADLINE) as client,
+    ):
+        error, _ = await guarded(client.get_generation(GID))
 
     assert isinstance(error, LumaProtocolError), repr(error)
     assert "could not be read" in str(error) and "DecodingError" in str(error)

@@ -37,8 +37,8 @@ from luma_prefect import (
     LumaSubmitUncertainError,
     LumaTransportError,
     LumaWaitTimeout,
+    RetryPolicy,
 )
-from luma_prefect import RetryPolicy
 from luma_prefect import tasks as luma_tasks
 from luma_prefect.credentials import LumaRelayCredentials
 from luma_prefect.simulator import Fault, FaultKind, RelaySimulator
