@@ -36,6 +36,7 @@ from luma_prefect.credentials import LumaRelayCredentials
 from luma_prefect.delivery._publish import (
     EVENT_COMPLETED,
     EVENT_FAILED,
+    MANIFEST_NAME,
     artifact_key,
     create_batch_table,
     emit_generation_event,
@@ -358,6 +359,8 @@ async def _deliver_held(
                 storage.delete, f"{generation.id}/{downloaded.assets[name].file_name}"
             )
     else:
+        # No manifest may describe files it does not match.
+        await asyncio.to_thread(storage.delete, f"{generation.id}/{MANIFEST_NAME}")
         raise LumaDownloadError(
             f"The {', '.join(bad)} of generation {generation.id} kept differing from its "
             "manifest (size or sha256) after a fresh download. Check the destination's "
@@ -529,7 +532,14 @@ async def left_behind(ledger: Ledger, record: LedgerRecord) -> bool:
     or its claim's process is dead, or it has held no claim for a whole lease (a worker
     killed without anyone marking its flow run Crashed).
     """
-    if ledger.claim_live(record.generation_id):
+    try:
+        if ledger.claim_live(record.generation_id):
+            return False
+    except (OSError, LumaError) as exc:
+        # Unknown: leave it to the next sweep rather than risk two holders.
+        get_run_logger().warning(
+            "Could not read the claim of generation %s: %s", record.generation_id, exc
+        )
         return False
     if not record.flow_run_id or await _flow_run_finished(record.flow_run_id):
         return True

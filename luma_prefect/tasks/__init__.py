@@ -9,7 +9,9 @@ Retries and time limits, in Prefect terms:
   relay calls, downloads and the wait's error backoff. No task has Prefect retries stacked
   on top (they multiplied one fetch into 18 relay requests);
 - read tasks (`fetch_*`, `wait_*`) never cache (`NO_CACHE`: a cached status never changes);
-- every task has a Prefect `timeout_seconds` as a backstop behind the calls' own deadlines;
+- every task but the waits has a Prefect `timeout_seconds` as a backstop behind the calls'
+  own deadlines; a wait's deadline is its parameter (the engine ends within one call of
+  it), and the flows give their waits a backstop of that deadline plus a margin;
 - `submit_generation` and `extend_generation` reuse their result per (flow run, request):
   see `submit_generation`.
 """

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence, Sized
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -95,7 +95,12 @@ async def wait_for_generations(
         last_round = now >= deadline
         retry_after: float | None = None
         try:
-            found = await _bounded(client, _poll(client, list(pending)), deadline - now, pending)
+            found = await _bounded(
+                client,
+                _poll(client, list(pending)),
+                deadline - now,
+                f"Polling {len(pending)} generation(s)",
+            )
         except LumaAuthError:
             raise
         except _TRANSIENT as exc:
@@ -143,16 +148,14 @@ async def wait_for_generations(
     return {i: results[i] for i in ids if i in results}
 
 
-async def _bounded(client: LumaClient, call: Awaitable[_T], seconds_left: float, ids: Sized) -> _T:
+async def _bounded(client: LumaClient, call: Awaitable[_T], seconds_left: float, what: str) -> _T:
     """A relay call of the wait, cut off at most one call's bound (the client's per-request
     deadline) past the wait's deadline: the client's retries, a relay's long Retry-After or
     a video-link lookup must not stretch a wait past it."""
     try:
         return await asyncio.wait_for(call, max(seconds_left, 0.0) + client.timeout_seconds)
     except asyncio.TimeoutError:
-        raise LumaTransportError(
-            f"Polling {len(ids)} generation(s) did not finish before the wait's deadline."
-        ) from None
+        raise LumaTransportError(f"{what} did not finish before the wait's deadline.") from None
 
 
 async def _poll(client: LumaClient, ids: list[str]) -> dict[str, Generation]:
@@ -247,7 +250,12 @@ async def _with_video_link(
     if (generation.video_raw and generation.video_raw.url) or (video and video.download_url):
         return generation
     try:
-        url = await _bounded(client, client.get_download_url(generation.id), seconds_left, [1])
+        url = await _bounded(
+            client,
+            client.get_download_url(generation.id),
+            seconds_left,
+            f"Asking the video link of generation {generation.id}",
+        )
     except LumaError as exc:
         if isinstance(exc, LumaAuthError):
             raise

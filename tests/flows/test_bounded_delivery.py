@@ -261,3 +261,32 @@ async def test_whatever_one_generation_raises_the_others_are_published(
 
 async def _keep(records: list[str], rows: list[dict[str, Any]]) -> None:
     records.extend(json.dumps(row) for row in rows)
+
+
+async def test_files_that_keep_changing_are_never_published_nor_described(
+    sim: RelaySimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    destination = str(tmp_path)
+    generation_id = sim.create_generation(prompt="always overwritten", state="completed")
+    real_download = steps.download_generation
+
+    async def always_overwritten(*args: Any, **kwargs: Any) -> Any:
+        downloaded = await real_download(*args, **kwargs)
+        video = Path(downloaded.assets["video"].path)
+        video.write_bytes(b"\0" * video.stat().st_size)
+        return downloaded
+
+    monkeypatch.setattr(steps, "download_generation", always_overwritten)
+
+    [outcome] = await collect_generations(
+        [generation_id],
+        credentials=sim.credentials(),
+        destination=destination,
+        assets=["video"],
+        fail_when="never",
+        **FAST,
+    )
+
+    assert outcome.status == "error"
+    assert "kept differing from its manifest" in (outcome.error or "")
+    assert not (tmp_path / generation_id / "manifest.json").exists()
