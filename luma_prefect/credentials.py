@@ -8,11 +8,11 @@ from typing import Any
 
 from prefect.blocks.abstract import CredentialsBlock
 from prefect.types import SecretDict
-from pydantic import Field, SecretStr, field_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 from luma_prefect._exceptions import LumaConfigurationError
 from luma_prefect._models import ApiStyle
-from luma_prefect.relay._client import LumaClient
+from luma_prefect.relay._client import LumaClient, check_base_url
 from luma_prefect.relay._routes import API_STYLES, normalise_prefix
 
 __all__ = ["LumaRelayCredentials"]
@@ -39,6 +39,9 @@ class LumaRelayCredentials(CredentialsBlock):
             generation = await client.get_generation("4665a07c-7641-4809-a133-10786201bb56")
         ```
     """
+
+    # A refused base_url with user:password@ must not be echoed back by pydantic's message.
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     _block_type_name = "Luma Relay Credentials"
     _block_type_slug = "luma-relay-credentials"
@@ -81,10 +84,12 @@ class LumaRelayCredentials(CredentialsBlock):
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
-        value = value.strip().rstrip("/")
-        if not value.lower().startswith(("http://", "https://")):
-            raise ValueError("base_url must start with http:// or https://")
-        return value
+        # Refuses user:password@ too: a block's base_url shows in `prefect block inspect`
+        # and in flow-run parameters, where a key has no place.
+        try:
+            return check_base_url(value)
+        except LumaConfigurationError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("route_prefix")
     @classmethod

@@ -52,8 +52,6 @@ ASSET_NAMES: tuple[str, ...] = ("video", "thumbnail", "last_frame")
 VIDEO_SOURCES: tuple[str, ...] = ("video_raw", "download_url", "url")
 """Where the video may come from, watermark-free first."""
 DEFAULT_MAX_BYTES = 4 * 1024**3
-RETRY_DELAY_SECONDS = 0.25
-"""First pause before retrying a link that answered 429/5xx; doubles each time, at most 5 s."""
 RECORD_NAME = ".download.json"
 """Per generation folder: what was downloaded and verified (size, sha256, source)."""
 ProgressCallback = Callable[[str, int, int | None], Any]
@@ -152,6 +150,7 @@ class _Context:
     max_resume_attempts: int
     on_progress: ProgressCallback | None
     logger: Logger
+    part_tag: str | None = None
 
 
 async def download_generation_files(
@@ -168,6 +167,7 @@ async def download_generation_files(
     http: httpx.AsyncClient | None = None,
     on_progress: ProgressCallback | None = None,
     logger: Logger | None = None,
+    part_tag: str | None = None,
 ) -> DownloadedGeneration:
     """Download a completed generation's files into `storage`, under `<generation id>/`.
 
@@ -177,6 +177,8 @@ async def download_generation_files(
     warning when the generation has none. At most `max_concurrent` files are fetched at
     once. `http` may be shared between calls: a plain client (see `media_client`), never
     one that carries the relay key. `logger` gets one INFO line per file written.
+    `part_tag` names the `.part` files after their holder (a claim's owner), so two
+    deliveries of one generation never write into the same part.
 
     Example:
         ```python
@@ -188,6 +190,8 @@ async def download_generation_files(
     """
     gid = check_generation_id(generation.id)
     _check_options(assets, video_sources, max_bytes, max_concurrent, chunk_size)
+    if part_tag is not None and not (part_tag.isascii() and part_tag.isalnum()):
+        raise LumaConfigurationError("part_tag must be ASCII letters and digits only.")
     if generation.state in (GenerationState.PENDING, GenerationState.PROCESSING):
         raise LumaDownloadError(
             f"Generation {gid} is {generation.state.value}, not completed: it has no files "
@@ -215,6 +219,7 @@ async def download_generation_files(
         max_resume_attempts=max_resume_attempts,
         on_progress=on_progress,
         logger=logger or _log,
+        part_tag=part_tag,
     )
     try:
         # Every asset runs to its end, so the finished ones are recorded even if one fails.
@@ -344,7 +349,8 @@ async def _transfer(ctx: _Context, name: str, source: _Source) -> DownloadedAsse
             "scheme), so it was refused. The relay sent an unusable link: report it to them.",
             generation_id=ctx.gid,
         )
-    part = ctx.storage.open_part(f"{ctx.gid}/{name}")
+    tag = f".{ctx.part_tag}" if ctx.part_tag else ""
+    part = ctx.storage.open_part(f"{ctx.gid}/{name}{tag}")
     meta = {"kind": source.kind, "url": public_url(source.url)}
     old = await asyncio.to_thread(part.read_meta) or {}
     if {key: old.get(key) for key in meta} != meta:
@@ -384,7 +390,10 @@ async def _transfer(ctx: _Context, name: str, source: _Source) -> DownloadedAsse
                 ) from exc
             ctx.logger.debug("%s of %s broke off at %d: %r", name, ctx.gid, transfer.have, exc)
             if isinstance(exc, TransientError):
-                await asyncio.sleep(min(RETRY_DELAY_SECONDS * 2**failures, 5.0))
+                # The one retry schedule: the relay client's policy, slept through its
+                # (injectable) sleep.
+                client = ctx.links.client
+                await client.sleep(client.retry.delay(failures))
     content_type = transfer.meta.get("content_type")
     file_name = name + file_extension(content_type, source.url, name)
     path = await asyncio.to_thread(part.commit, f"{ctx.gid}/{file_name}")

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import re
 import shlex
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
@@ -26,6 +27,7 @@ from prefect.results import get_result_store
 from prefect.runtime import flow_run as current_flow_run
 
 from luma_prefect._exceptions import (
+    LumaDownloadError,
     LumaError,
     LumaGenerationFailed,
     LumaNotFoundError,
@@ -39,10 +41,13 @@ from luma_prefect.credentials import LumaRelayCredentials
 from luma_prefect.delivery._publish import (
     EVENT_COMPLETED,
     EVENT_FAILED,
+    MANIFEST_NAME,
     artifact_key,
     create_batch_table,
     emit_generation_event,
+    mismatched_files,
 )
+from luma_prefect.ledger._claims import Lease
 from luma_prefect.ledger._identity import (
     identity_lock,
     relay_identity,
@@ -58,8 +63,11 @@ from luma_prefect.tasks import (
     wait_for_generation,
     wait_for_generations,
 )
+from luma_prefect.tasks._common import WAIT_BACKSTOP_MARGIN_SECONDS
 
 __all__ = [
+    "LEASE",
+    "LumaClaimLost",
     "WaitOptions",
     "collect",
     "deliver",
@@ -72,11 +80,21 @@ __all__ = [
 Destination = str | LocalFileSystem | RemoteFileSystem
 FailWhen = Literal["all", "any", "never"]
 
-_CLAIM_TTL = timedelta(minutes=15)
-# Longer than any wait's default timeout (30 min): a record this still belongs to nobody.
-_STUCK_AFTER = timedelta(hours=1)
+# A claim is a lease renewed while its holder waits and delivers: a holder silent for this
+# long (or dead) loses it; a live one keeps it however long the wait or download takes.
+LEASE = timedelta(minutes=2)
+RENEW_EVERY = LEASE / 4
+# A submit POST has a total deadline of seconds; an intent still "sending" this long after
+# it started, in a run that still looks alive, belongs to nobody any more.
+_SENDING_STUCK_AFTER = timedelta(hours=1)
 _FINAL_RUN_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 EVENT_SUBMIT_IN_DOUBT = "luma.submit.in-doubt"
+# How the lease heartbeat sleeps between renewals; tests replace it.
+heartbeat_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+
+class LumaClaimLost(LumaError):
+    """Another holder took this generation over (this one was silent past its lease)."""
 
 
 class WaitOptions:
@@ -114,11 +132,32 @@ async def generate_one(
         return GenerationOutcome(
             generation_id=exc.generation_id or "", status="error", error=str(exc)
         ).with_exception(exc)
+    # The claim is held (and renewed) from the wait on: a sweep sees a live holder and
+    # leaves the generation alone however long the wait takes.
+    lease = await _take(ledger, generation_id, _owner())
     try:
-        generation = await wait_for_generation(block, generation_id, **options.as_kwargs())
-    except LumaError as exc:
-        return _ended(ledger, generation_id, exc)
-    return await deliver(block, generation, destination, ledger, assets, request)
+        async with _holding(ledger, lease):
+            try:
+                generation = await _wait_one(block, generation_id, options)
+            except LumaError as exc:
+                return _ended(ledger, generation_id, exc)
+            return await deliver(
+                block, generation, destination, ledger, assets, request, lease=lease
+            )
+    except Exception as exc:  # a lost claim, or anything the steps did not expect
+        return _failed(generation_id, None, exc)
+    finally:
+        await _release(ledger, lease)
+
+
+async def _wait_one(
+    block: LumaRelayCredentials, generation_id: str, options: WaitOptions
+) -> Generation:
+    # Prefect's timeout as a backstop: the wait's own deadline plus room for the last poll.
+    bounded = wait_for_generation.with_options(
+        timeout_seconds=options.timeout_seconds + WAIT_BACKSTOP_MARGIN_SECONDS
+    )
+    return await bounded(block, generation_id, **options.as_kwargs())
 
 
 async def submit_scope(idempotency_key: str | None, position: str | None = None) -> str:
@@ -340,16 +379,25 @@ async def collect(
     deadline = time.monotonic() + options.timeout_seconds
     while remaining:
         left = max(deadline - time.monotonic(), 0.001)
-        results = await wait_for_generations(
-            block,
-            remaining,
-            timeout_seconds=left,
-            poll_interval_seconds=options.poll_interval_seconds,
-            max_poll_interval_seconds=options.max_poll_interval_seconds,
-            batch_size=batch_size,
-            return_exceptions=True,
-            return_when="first",
-        )
+        try:
+            results = await wait_for_generations.with_options(
+                timeout_seconds=left + WAIT_BACKSTOP_MARGIN_SECONDS
+            )(
+                block,
+                remaining,
+                timeout_seconds=left,
+                poll_interval_seconds=options.poll_interval_seconds,
+                max_poll_interval_seconds=options.max_poll_interval_seconds,
+                batch_size=batch_size,
+                return_exceptions=True,
+                return_when="first",
+            )
+        except Exception as exc:
+            # A wait that broke as a whole (a refused key, a backstop timeout): each id
+            # still pending gets that as its outcome; those delivered keep theirs.
+            for generation_id in remaining:
+                outcomes[generation_id] = _failed(generation_id, None, exc)
+            break
         settled = [(i, r) for i, r in zip(remaining, results, strict=True) if r is not None]
         ready = [r for _, r in settled if isinstance(r, Generation)]
         for generation_id, result in settled:
@@ -359,9 +407,15 @@ async def collect(
             *(
                 deliver(block, g, destination, ledger, assets, None, skip_published=skip_published)
                 for g in ready
-            )
+            ),
+            return_exceptions=True,
         )
-        outcomes.update((o.generation_id, o) for o in delivered)
+        for generation, done in zip(ready, delivered, strict=True):
+            if isinstance(done, BaseException):
+                if not isinstance(done, Exception):
+                    raise done  # cancellation, KeyboardInterrupt: not a generation's outcome
+                done = _failed(generation.id, generation, done)
+            outcomes[done.generation_id] = done
         remaining = [i for i, r in zip(remaining, results, strict=True) if r is None]
     return [outcomes[i] for i in dict.fromkeys(generation_ids)]
 
@@ -375,18 +429,26 @@ async def deliver(
     request: GenerationRequest | None,
     *,
     skip_published: bool = False,
+    lease: Lease | None = None,
 ) -> GenerationOutcome:
     """Claim, download, publish; one publish per generation even with concurrent sweeps.
 
+    The claim is a lease renewed while the delivery works; the part files are named after
+    their holder, and the lease is checked before publishing and before marking published,
+    so a holder taken over never writes over the new one. Files are checked against what
+    the manifest says before the generation is marked published; a mismatch is repaired by
+    downloading again. Whatever goes wrong becomes this generation's outcome.
+
     `skip_published`: sweeps leave alone what another run published meanwhile; an explicit
     collect of a published generation re-verifies its files and publishes it again.
+    `lease`: a claim the caller holds (and renews) already.
     """
     logger = get_run_logger()
-    owner = str(current_flow_run.id or f"{socket.gethostname()}-{os.getpid()}")
-    claimed = False
+    own = lease is None
     try:
-        claimed = await _claim(ledger, generation.id, owner)
-        if not claimed:
+        if lease is None:
+            lease = await _take(ledger, generation.id, _owner())
+        if lease is None:
             holder = ledger.claim_owner(generation.id)
             message = (
                 f"Generation {generation.id} is being published by flow run {holder} right "
@@ -397,47 +459,170 @@ async def deliver(
             return GenerationOutcome(
                 generation_id=generation.id, status="error", generation=generation, error=message
             )
-        record = ledger.get(generation.id)
-        if skip_published and record is not None and record.status == "published":
-            logger.info("Generation %s was already published; skipping it.", generation.id)
-            return GenerationOutcome(
-                generation_id=generation.id, status="published", generation=generation
+        async with _holding(ledger, lease) if own else contextlib.nullcontext():
+            return await _deliver_held(
+                block, generation, destination, ledger, assets, request, skip_published, lease
             )
-        ledger.mark(generation.id, "completed")
-        emit_generation_event(EVENT_COMPLETED, generation)
-        downloaded = await download_generation(block, generation, destination, assets=assets)
+    except Exception as exc:
+        # Anything (a redirect loop, a bad gzip body, JSON nested too deep...) is this
+        # generation's outcome, never the end of the other generations of the run.
+        return _failed(generation.id, generation, exc)
+    finally:
+        if own:
+            await _release(ledger, lease)
+
+
+async def _deliver_held(
+    block: LumaRelayCredentials,
+    generation: Generation,
+    destination: Destination,
+    ledger: Ledger,
+    assets: list[AssetName],
+    request: GenerationRequest | None,
+    skip_published: bool,
+    lease: Lease,
+) -> GenerationOutcome:
+    logger = get_run_logger()
+    record = ledger.get(generation.id)
+    if skip_published and record is not None and record.status == "published":
+        logger.info("Generation %s was already published; skipping it.", generation.id)
+        return GenerationOutcome(
+            generation_id=generation.id, status="published", generation=generation
+        )
+    ledger.mark(generation.id, "completed")
+    emit_generation_event(EVENT_COMPLETED, generation)
+    storage = storage_for(destination)
+    tag = hashlib.sha256(lease.owner.encode()).hexdigest()[:12]
+    for _attempt in range(2):
+        downloaded = await download_generation(
+            block, generation, destination, assets=assets, part_tag=tag
+        )
         ledger.mark(generation.id, "downloaded")
+        await _check_held(ledger, lease)
         published = await publish_generation(
             downloaded,
             destination=destination,
             request=request or _recorded_request(record),
             timeline=record.times() if record else None,
         )
-        ledger.mark(generation.id, "published")
-        return GenerationOutcome(
-            generation_id=generation.id,
-            status="published",
-            published=published,
-            generation=generation,
+        bad = await asyncio.to_thread(mismatched_files, storage, downloaded)
+        if not bad:
+            break
+        # A file changed after its download (a late write of another holder, a disk
+        # fault): never mark published what the manifest does not describe.
+        logger.warning(
+            "The %s of generation %s no longer match the manifest; downloading again.",
+            ", ".join(bad),
+            generation.id,
         )
-    except (LumaError, OSError) as exc:
-        logger.error("Generation %s was not published: %s", generation.id, exc)
-        return GenerationOutcome(
-            generation_id=generation.id, status="error", generation=generation, error=str(exc)
-        ).with_exception(exc)
+        for name in bad:
+            await asyncio.to_thread(
+                storage.delete, f"{generation.id}/{downloaded.assets[name].file_name}"
+            )
+    else:
+        # No manifest may describe files it does not match.
+        await asyncio.to_thread(storage.delete, f"{generation.id}/{MANIFEST_NAME}")
+        raise LumaDownloadError(
+            f"The {', '.join(bad)} of generation {generation.id} kept differing from its "
+            "manifest (size or sha256) after a fresh download. Check the destination's "
+            "disk and that no other program writes there, then collect it again.",
+            generation_id=generation.id,
+            retryable=True,
+        )
+    await _check_held(ledger, lease)
+    ledger.mark(generation.id, "published")
+    return GenerationOutcome(
+        generation_id=generation.id,
+        status="published",
+        published=published,
+        generation=generation,
+    )
+
+
+def _owner() -> str:
+    return str(current_flow_run.id or f"{socket.gethostname()}-{os.getpid()}")
+
+
+async def _take(ledger: Ledger, generation_id: str, owner: str) -> Lease | None:
+    try:
+        return await _claim(ledger, generation_id, owner)
+    except (OSError, LumaError) as exc:
+        get_run_logger().error("Could not claim generation %s: %s", generation_id, exc)
+        return None
+
+
+async def _release(ledger: Ledger, lease: Lease | None) -> None:
+    if lease is None:
+        return
+    try:
+        await asyncio.to_thread(ledger.release, lease.generation_id, lease)
+    except (OSError, LumaError) as exc:
+        # The lease then runs out by itself.
+        get_run_logger().warning("Could not release generation %s: %s", lease.generation_id, exc)
+
+
+async def _check_held(ledger: Ledger, lease: Lease) -> None:
+    if not await asyncio.to_thread(ledger.holds, lease):
+        raise LumaClaimLost(_lost_message(lease), generation_id=lease.generation_id)
+
+
+def _lost_message(lease: Lease) -> str:
+    return (
+        f"Generation {lease.generation_id} was taken over by another run while this one "
+        f"was silent for longer than its {LEASE.total_seconds():.0f} s lease; that run "
+        "finishes it. Nothing to do here."
+    )
+
+
+@contextlib.asynccontextmanager
+async def _holding(ledger: Ledger, lease: Lease | None) -> AsyncIterator[None]:
+    """Renew `lease` every RENEW_EVERY while the body runs; when it is lost (taken over,
+    released), the body is cancelled at once and LumaClaimLost raised instead."""
+    if lease is None:
+        yield
+        return
+    body = asyncio.current_task()
+    lost = False
+
+    async def beat() -> None:
+        nonlocal lost
+        while True:
+            await heartbeat_sleep(RENEW_EVERY.total_seconds())
+            try:
+                renewed = await asyncio.to_thread(ledger.renew, lease)
+            except (OSError, LumaError) as exc:
+                # Not known lost: the fence before publishing decides.
+                get_run_logger().warning("Could not renew the claim: %s", exc)
+                continue
+            if not renewed:
+                lost = True
+                if body is not None:
+                    body.cancel()
+                return
+
+    beater = asyncio.create_task(beat())
+    try:
+        yield
+    except asyncio.CancelledError:
+        if not lost or body is None:
+            raise
+        body.uncancel()
+        raise LumaClaimLost(_lost_message(lease), generation_id=lease.generation_id) from None
     finally:
-        if claimed:
-            ledger.release(generation.id, owner)
+        beater.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beater
 
 
-async def _claim(ledger: Ledger, generation_id: str, owner: str) -> bool:
-    if ledger.claim(generation_id, owner, stale_after=_CLAIM_TTL):
-        return True
+async def _claim(ledger: Ledger, generation_id: str, owner: str) -> Lease | None:
+    lease = await asyncio.to_thread(ledger.claim, generation_id, owner, stale_after=LEASE)
+    if lease is not None:
+        return lease
     holder = ledger.claim_owner(generation_id)
-    if holder and await _flow_run_finished(holder):
+    if holder and holder != owner and await _flow_run_finished(holder):
         # Its holder's flow run ended (crashed, cancelled...) without releasing it.
-        return ledger.claim(generation_id, owner, stale_after=timedelta(0))
-    return False
+        return ledger.claim(generation_id, owner, stale_after=LEASE, force=True)
+    return None
 
 
 async def _flow_run_finished(flow_run_id: str) -> bool:
@@ -447,6 +632,24 @@ async def _flow_run_finished(flow_run_id: str) -> bool:
     except Exception:
         return False
     return bool(run.state and run.state.type.value in _FINAL_RUN_STATES)
+
+
+def _failed(generation_id: str, generation: Generation | None, exc: Exception) -> GenerationOutcome:
+    """The outcome of a generation whose step raised: a one-line message, logged once."""
+    if isinstance(exc, LumaError):
+        message = str(exc)
+    else:
+        shown = str(exc).splitlines()[0][:300] if str(exc) else ""
+        message = (
+            f"Generation {generation_id} was not published: {type(exc).__name__}"
+            + (f": {shown}" if shown else "")
+            + ". Its record stays in the ledger: collect_pending tries it again."
+        )
+    get_run_logger().error("Generation %s was not published: %s", generation_id, message)
+    outcome = GenerationOutcome(
+        generation_id=generation_id, status="error", generation=generation, error=message
+    )
+    return outcome.with_exception(exc) if isinstance(exc, LumaError) else outcome
 
 
 def _ended(ledger: Ledger, generation_id: str, error: LumaError) -> GenerationOutcome:
@@ -482,19 +685,31 @@ def _recorded_request(record: LedgerRecord | None) -> GenerationRequest | None:
 
 
 async def left_behind(ledger: Ledger, record: LedgerRecord) -> bool:
-    """Whether a sweep should finish this record: its flow run is over, or it is stuck.
+    """Whether a sweep should finish this record: judged by liveness, never by age.
 
-    A run still at work (waiting, downloading) finishes its own generation; taking it from
-    under it would fail a healthy run. Stuck means: its claim is held by a dead process, or
-    it has not moved for longer than any wait (a worker killed without anyone marking its
-    flow run Crashed).
+    A run still at work (waiting, downloading) holds the generation's claim and renews it:
+    taking it from under it would fail a healthy run or publish twice, however long its
+    wait. Left behind means: nobody holds a live claim, and the submitting flow run is over
+    or its claim's process is dead, or it has held no claim for a whole lease (a worker
+    killed without anyone marking its flow run Crashed).
     """
+    try:
+        if ledger.claim_live(record.generation_id):
+            return False
+    except (OSError, LumaError) as exc:
+        # Unknown: leave it to the next sweep rather than risk two holders.
+        get_run_logger().warning(
+            "Could not read the claim of generation %s: %s", record.generation_id, exc
+        )
+        return False
     if not record.flow_run_id or await _flow_run_finished(record.flow_run_id):
         return True
     if ledger.claim_abandoned(record.generation_id):
         return True
+    # Its run looks alive but holds no live claim: give it one lease to take it (the
+    # moment between recording the submit and claiming), then it is left behind.
     updated = ledger.updated_at(record)
-    return updated is None or datetime.now(timezone.utc) - updated > _STUCK_AFTER
+    return updated is None or datetime.now(timezone.utc) - updated > LEASE
 
 
 async def settle_in_doubt(
@@ -563,7 +778,7 @@ async def _intent_left_behind(intent: SubmitIntent) -> bool:
     if not intent.flow_run_id or await _flow_run_finished(intent.flow_run_id):
         return True
     started = intent.started()
-    return started is None or datetime.now(timezone.utc) - started > _STUCK_AFTER
+    return started is None or datetime.now(timezone.utc) - started > _SENDING_STUCK_AFTER
 
 
 async def _found_on_relay(
@@ -668,8 +883,19 @@ async def report_batch(
         }
         for o in outcomes
     ]
-    await create_batch_table(rows, artifact_key(key))
     failed = [o for o in outcomes if not o.ok]
+    if failed:
+        # The report lists every failure, one line each, also in the run's logs.
+        get_run_logger().warning(
+            "%d of %d generation(s) not published:\n%s",
+            len(failed),
+            len(outcomes),
+            "\n".join(f"- {o.generation_id}: {o.status}: {o.error or ''}" for o in failed),
+        )
+    try:
+        await create_batch_table(rows, artifact_key(key))
+    except Exception as exc:  # the report must not undo what the sweep delivered
+        get_run_logger().error("Could not create the report artifact %s: %s", key, exc)
     if failed and (fail_when == "any" or (fail_when == "all" and len(failed) == len(outcomes))):
         shown = "; ".join(f"{o.generation_id}: {o.status}" for o in failed[:5])
         raise LumaError(f"{len(failed)} of {len(outcomes)} generation(s) failed ({shown}).")

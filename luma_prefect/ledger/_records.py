@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from luma_prefect._exceptions import LumaConfigurationError
 from luma_prefect._models import Generation, GenerationRequest, check_generation_id
-from luma_prefect.ledger._claims import Claims
+from luma_prefect.ledger._claims import Claims, Lease
 from luma_prefect.ledger._claims import _holder as process_holder
 from luma_prefect.ledger._claims import _holder_gone as holder_gone
 from luma_prefect.ledger._identity import submit_identity
@@ -461,11 +461,14 @@ class Ledger:
                 records.append(record)
         return sorted(records, key=lambda r: r.history[0]["at"] if r.history else "")
 
-    def claim(self, generation_id: str, owner: str, *, stale_after: timedelta) -> bool:
-        """Take the right to download and publish a generation; False if someone holds it.
+    def claim(
+        self, generation_id: str, owner: str, *, stale_after: timedelta, force: bool = False
+    ) -> Lease | None:
+        """Take the right to download and publish a generation, as a lease of `stale_after`
+        to renew while working (`renew`); None if someone else holds it.
 
-        A claim older than `stale_after`, or whose process is gone from this machine (its
-        holder died), is taken over. See `luma_prefect.ledger._claims`.
+        A claim not renewed within its holder's lease, or whose process is gone from this
+        machine (its holder died), is taken over. See `luma_prefect.ledger._claims`.
 
         Example:
             ```python
@@ -473,7 +476,37 @@ class Ledger:
                 ...  # download and publish, then ledger.release(generation_id, run_id)
             ```
         """
-        return self._claims.take(generation_id, owner, stale_after=stale_after)
+        return self._claims.take(generation_id, owner, stale_after=stale_after, force=force)
+
+    def renew(self, lease: Lease) -> bool:
+        """Renew a held lease; False when it was taken over or released (stop then).
+
+        Example:
+            ```python
+            ledger.renew(lease)
+            ```
+        """
+        return self._claims.renew(lease)
+
+    def holds(self, lease: Lease) -> bool:
+        """Whether `lease` is still the generation's current claim (checked before publishing).
+
+        Example:
+            ```python
+            ledger.holds(lease)
+            ```
+        """
+        return self._claims.holds(lease)
+
+    def claim_live(self, generation_id: str) -> bool:
+        """True when a live holder (renewing within its lease, process not dead) has it.
+
+        Example:
+            ```python
+            ledger.claim_live(generation_id)
+            ```
+        """
+        return self._claims.live(generation_id)
 
     def claim_owner(self, generation_id: str) -> str | None:
         """Who holds the claim on a generation now, if anyone.
@@ -495,7 +528,7 @@ class Ledger:
         """
         return self._claims.abandoned(generation_id)
 
-    def release(self, generation_id: str, owner: str) -> None:
+    def release(self, generation_id: str, owner: str | Lease) -> None:
         """Give back a claim `owner` holds; a claim someone else took over is left alone.
 
         Example:

@@ -75,7 +75,7 @@ def read_body(response: httpx.Response, action: str, generation_id: str | None) 
     try:
         body: Any = json.loads(response.content) if response.content else None
         is_json = True
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested too deeply
         body, is_json = response.text, False
     if status < 400 and not _is_error_envelope(body):
         if is_json and body is not None:

@@ -55,6 +55,10 @@ class FaultKind(str, Enum):
     FAIL_GENERATION = "fail_generation"
     ACCEPT_THEN_ERROR = "accept_then_error"
     OTHER_GENERATION = "other_generation"
+    TRICKLE_ANSWER = "trickle_answer"
+    HUGE_ANSWER = "huge_answer"
+    NESTED_JSON = "nested_json"
+    ECHO_KEY = "echo_key"
 
 
 # Where each kind acts when `Fault.routes` is empty.
@@ -74,6 +78,10 @@ DEFAULT_ROUTES: dict[FaultKind, tuple[str, ...]] = {
     FaultKind.FAIL_GENERATION: ROUTES,
     FaultKind.ACCEPT_THEN_ERROR: ("submit", "extend"),
     FaultKind.OTHER_GENERATION: ("query",),
+    FaultKind.TRICKLE_ANSWER: API_ROUTES,
+    FaultKind.HUGE_ANSWER: API_ROUTES,
+    FaultKind.NESTED_JSON: API_ROUTES,
+    FaultKind.ECHO_KEY: API_ROUTES,
 }
 
 
@@ -87,6 +95,12 @@ class Fault:
     `times` makes it fire that many times then retire (None: until removed). Each answer
     it changes counts once: an error answer, a delayed request, a rendered object, a
     generation made to fail.
+
+    Hostile answers, on the API routes: `TRICKLE_ANSWER` sends the answer one byte every
+    `delay_seconds` (per-read timeouts never fire); `HUGE_ANSWER` streams a valid JSON
+    array of `after_bytes` bytes (default 300 MB); `NESTED_JSON` answers a 200 with arrays
+    nested 100,000 deep; `ECHO_KEY` answers `status` (a 5xx) whose message repeats the
+    key the request presented, as some relays do.
 
     `DROP_CONNECTION` and `MALFORMED_JSON` break the answer *after* the relay did the work:
     on a submit, the paid generation exists although the client never read its id, as on

@@ -19,12 +19,18 @@ from luma_prefect.ledger._identity import (
 )
 from luma_prefect.tasks._common import (
     READ_OPTIONS,
+    RELAY_CALL_BACKSTOP_SECONDS,
     CredentialsInput,
     client_for,
 )
 
 
-@task(name="fetch-generation", task_run_name="fetch-generation-{generation_id}", **READ_OPTIONS)
+@task(
+    name="fetch-generation",
+    task_run_name="fetch-generation-{generation_id}",
+    timeout_seconds=RELAY_CALL_BACKSTOP_SECONDS,
+    **READ_OPTIONS,
+)
 async def fetch_generation(
     credentials: CredentialsInput,
     generation_id: str,
@@ -42,7 +48,7 @@ async def fetch_generation(
         return await client.get_generation(generation_id)
 
 
-@task(name="fetch-generations", **READ_OPTIONS)
+@task(name="fetch-generations", timeout_seconds=RELAY_CALL_BACKSTOP_SECONDS, **READ_OPTIONS)
 async def fetch_generations(
     credentials: CredentialsInput, generation_ids: list[str]
 ) -> list[Generation]:
@@ -104,6 +110,7 @@ def _note_reuse(context: TaskRunContext, cache_key: str, scope: str) -> None:
 
 _PAID_OPTIONS: dict[str, Any] = {
     "retries": 0,
+    "timeout_seconds": RELAY_CALL_BACKSTOP_SECONDS,
     "cache_key_fn": _paid_cache_key,
     "persist_result": True,
     "cache_expiration": timedelta(days=30),
