@@ -266,7 +266,7 @@ def _load_block(name: str) -> LumaRelayCredentials:
     from luma_prefect.credentials import LumaRelayCredentials
 
     try:
-        return LumaRelayCredentials.load(name)
+        block = LumaRelayCredentials.load(name)
     except ValueError as exc:
         if "Unable to find block document" not in str(exc):
             raise
@@ -277,6 +277,8 @@ def _load_block(name: str) -> LumaRelayCredentials:
         )
     except Exception as exc:
         _fail_on_prefect_api(exc, "Nothing was sent to the relay.")
+    assert isinstance(block, LumaRelayCredentials)  # `load` is typed sync-or-async
+    return block
 
 
 def _prefect_api() -> str:
@@ -405,7 +407,7 @@ def generate(
     from luma_prefect._models import GenerationRequest
 
     try:  # bad input ends here, in one line, before any flow run
-        GenerationRequest(
+        request = GenerationRequest(
             prompt=prompt,
             aspect_ratio=aspect_ratio,  # type: ignore[arg-type]
             image_url=image_url,
@@ -421,7 +423,7 @@ def generate(
             published = asyncio.run(
                 generate_video(
                     prompt=prompt,
-                    aspect_ratio=aspect_ratio,  # type: ignore[arg-type]
+                    aspect_ratio=request.aspect_ratio,
                     image_url=image_url,
                     credentials=block,
                     destination=destination,

@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect.blocks.abstract import CredentialsBlock
 from prefect.types import SecretDict
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, HttpUrl, SecretStr, field_validator
 
 from luma_prefect._exceptions import LumaConfigurationError
 from luma_prefect._models import ApiStyle
@@ -67,8 +67,8 @@ class LumaRelayCredentials(CredentialsBlock):
 
     _block_type_name = "Luma Relay Credentials"
     _block_type_slug = "luma-relay-credentials"
-    _logo_url = LOGO_URL
-    _documentation_url = DOCUMENTATION_URL
+    _logo_url = HttpUrl(LOGO_URL)
+    _documentation_url = HttpUrl(DOCUMENTATION_URL)
     _description = (
         "Address, key and style of a Luma Dream Machine relay, for the luma_prefect tasks "
         "and flows."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 @pytest.fixture
-def sim() -> RelaySimulator:
+def sim() -> Iterator[RelaySimulator]:
     simulator = RelaySimulator(
         SimulatorConfig(pending_seconds=0.05, processing_seconds=0.1)
     ).start()
@@ -89,6 +90,7 @@ def test_save_credentials_saves_a_loadable_block(sim: RelaySimulator, relay_env:
 
     assert result.exit_code == 0, result.output
     block = LumaRelayCredentials.load("cli-test-relay")
+    assert isinstance(block, LumaRelayCredentials)
     assert block.base_url == sim.base_url
     assert block.api_key.get_secret_value() == sim.api_key
     assert sim.api_key not in result.output

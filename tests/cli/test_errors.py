@@ -9,7 +9,7 @@ up as `result.exception`.
 from __future__ import annotations
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from luma_prefect import LumaRelayCredentials
 from luma_prefect.cli import app
@@ -30,7 +30,7 @@ def relay_env(sim: RelaySimulator, key: str | None = None) -> dict[str, str]:
     return {"LUMA_RELAY_BASE_URL": sim.base_url, "LUMA_RELAY_API_KEY": key or sim.api_key}
 
 
-def invoke(args: list[str], env: dict[str, str] | None = None) -> object:
+def invoke(args: list[str], env: dict[str, str] | None = None) -> Result:
     result = CliRunner().invoke(app, args, env=env)
     # Anything but SystemExit here would have been a traceback for a user.
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(
