@@ -237,3 +237,40 @@ def test_an_unexpected_error_is_one_line_that_says_how_to_see_more(
         app, ["check"], env={**relay_env(luma_simulator), "LUMA_PREFECT_DEBUG": "1"}
     )
     assert isinstance(debug.exception, RuntimeError)
+
+
+def test_console_logs_lose_tracebacks_while_other_handlers_keep_them() -> None:
+    """In a flow run started by the CLI, the terminal gets the log line without its
+    traceback; the handler that sends logs to the Prefect API still gets the exception."""
+    import io
+    import logging
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    from luma_prefect.cli import _console_logs_without_tracebacks
+
+    terminal = io.StringIO()
+    console = PrefectConsoleHandler(stream=terminal)
+    console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    kept: list[logging.LogRecord] = []
+    api = logging.Handler()
+    api.emit = kept.append  # type: ignore[method-assign]
+    logger = logging.getLogger("luma_prefect.test_cli_console")
+    root = logging.getLogger()
+    root.addHandler(console)
+    root.addHandler(api)  # after the console one: it must still find the traceback
+    try:
+        with _console_logs_without_tracebacks():
+            try:
+                raise ValueError("the run broke")
+            except ValueError:
+                logger.exception("Encountered exception during execution")
+        with_tracebacks_again = console.formatter
+    finally:
+        root.removeHandler(console)
+        root.removeHandler(api)
+
+    assert "ERROR Encountered exception during execution" in terminal.getvalue()
+    assert "Traceback" not in terminal.getvalue()
+    assert kept[0].exc_info is not None and kept[0].exc_info[0] is ValueError
+    assert type(with_tracebacks_again) is logging.Formatter  # the original is back
