@@ -193,9 +193,9 @@ def generate(
 
     try:
         published = asyncio.run(
-            generate_video(
+            generate_video(  # type: ignore[call-overload]  # aspect_ratio: typer gives a str
                 prompt=prompt,
-                aspect_ratio=aspect_ratio,  # type: ignore[arg-type]
+                aspect_ratio=aspect_ratio,
                 image_url=image_url,
                 credentials=_credentials(credentials),
                 destination=destination,
@@ -290,13 +290,14 @@ def demo(
     import asyncio
 
     from luma_prefect._models import GenerationRequest
+    from luma_prefect.credentials import LumaRelayCredentials
     from luma_prefect.flows import collect_generations, generate_video
     from luma_prefect.simulator import SimulatorConfig, run_simulator
 
     config = SimulatorConfig(pending_seconds=1.0, processing_seconds=3.0, duration_jitter=0.3)
     with run_simulator(config) as sim:
         typer.echo(f"Relay simulator at {sim.base_url} ({sim.style} style).")
-        credentials = sim.credentials()
+        credentials = LumaRelayCredentials.model_validate(sim.connection())
         typer.echo("1/2 generate-video: submit, wait, download, publish ...")
         published = asyncio.run(
             generate_video(
