@@ -16,7 +16,6 @@ from typing import Any, Literal
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
-from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 from prefect.runtime import flow_run as current_flow_run
 
 from luma_prefect._exceptions import (
@@ -46,6 +45,7 @@ from luma_prefect.tasks import (
     wait_for_generation,
     wait_for_generations,
 )
+from luma_prefect.tasks._common import Destination
 
 __all__ = [
     "WaitOptions",
@@ -57,7 +57,6 @@ __all__ = [
     "same_relay",
 ]
 
-Destination = str | LocalFileSystem | RemoteFileSystem
 FailWhen = Literal["all", "any", "never"]
 
 _CLAIM_TTL = timedelta(minutes=15)
@@ -74,7 +73,7 @@ class WaitOptions:
         self.poll_interval_seconds = poll
         self.max_poll_interval_seconds = max(max_poll, poll)
 
-    def as_kwargs(self) -> dict[str, float]:
+    def as_kwargs(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
 
 

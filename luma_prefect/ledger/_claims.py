@@ -153,7 +153,9 @@ class Claims:
             ```
         """
         _, current = self._current(generation_id)
-        return bool(current) and not current.get("released") and _holder_gone(current)
+        if not current:
+            return False
+        return not current.get("released") and _holder_gone(current)
 
     def release(self, generation_id: str, owner: str) -> None:
         """Give the claim back, if `owner` still holds it.

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from luma_prefect._models import Generation, GenerationRequest, check_generation_id
+from luma_prefect._models import Generation, GenerationId, GenerationRequest, check_generation_id
 from luma_prefect.ledger._claims import Claims
 from luma_prefect.storage import Storage
 
@@ -44,7 +44,7 @@ class LedgerRecord(BaseModel):
         ```
     """
 
-    generation_id: str
+    generation_id: GenerationId
     status: LedgerStatus
     request: dict[str, Any] | None = None
     flow_run_id: str | None = None
@@ -121,7 +121,9 @@ class Ledger:
             ```
         """
         data = self._read(f"{_ROOT}/submits/{key}.json")
-        return bool(data) and data.get("state") == "sending" and not data.get("generation_id")
+        if not data:
+            return False
+        return data.get("state") == "sending" and not data.get("generation_id")
 
     def begin_submission(self, key: str, flow_run_id: str | None) -> None:
         """Note that a submit under this key is about to be sent (before the paid POST).
@@ -164,7 +166,7 @@ class Ledger:
                                     relay_base_url=url, relay_style="generations")
             ```
         """
-        generation_id = check_generation_id(generation.id)
+        generation_id = generation.id
         record = LedgerRecord(
             generation_id=generation_id,
             status="submitted",

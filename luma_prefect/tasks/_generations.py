@@ -9,7 +9,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 
-from luma_prefect._models import Generation, GenerationRequest
+from luma_prefect._models import Generation, GenerationId, GenerationRequest
 from luma_prefect.credentials import LumaRelayCredentials
 from luma_prefect.tasks._common import (
     READ_OPTIONS,
@@ -21,7 +21,7 @@ from luma_prefect.tasks._common import (
 @task(name="fetch-generation", task_run_name="fetch-generation-{generation_id}", **READ_OPTIONS)
 async def fetch_generation(
     credentials: CredentialsInput,
-    generation_id: str,
+    generation_id: GenerationId,
 ) -> Generation:
     """The current state of one generation.
 
@@ -38,12 +38,14 @@ async def fetch_generation(
 
 @task(name="fetch-generations", **READ_OPTIONS)
 async def fetch_generations(
-    credentials: CredentialsInput, generation_ids: list[str]
+    credentials: CredentialsInput, generation_ids: list[GenerationId]
 ) -> list[Generation]:
     """The current state of many generations, in the order asked, through the batch route.
 
     Example:
         ```python
+        from luma_prefect.tasks import fetch_generations
+
         generations = await fetch_generations(credentials, [first_id, second_id])
         ```
     """
@@ -119,7 +121,7 @@ async def submit_generation(
 @task(name="extend-generation", **_PAID_OPTIONS)
 async def extend_generation(
     credentials: CredentialsInput,
-    generation_id: str,
+    generation_id: GenerationId,
     request: GenerationRequest,
     idempotency_key: str | None = None,
 ) -> Generation:
@@ -128,6 +130,9 @@ async def extend_generation(
 
     Example:
         ```python
+        from luma_prefect import GenerationRequest
+        from luma_prefect.tasks import extend_generation
+
         longer = await extend_generation(credentials, done.id, GenerationRequest(prompt="on"))
         ```
     """
