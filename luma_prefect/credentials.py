@@ -34,7 +34,7 @@ class LumaRelayCredentials(CredentialsBlock):
         ```python
         from luma_prefect import LumaRelayCredentials
 
-        credentials = LumaRelayCredentials.load("BLOCK_NAME")
+        credentials = await LumaRelayCredentials.aload("luma-relay")
         async with credentials.get_client() as client:
             generation = await client.get_generation("4665a07c-7641-4809-a133-10786201bb56")
         ```
@@ -42,7 +42,7 @@ class LumaRelayCredentials(CredentialsBlock):
 
     _block_type_name = "Luma Relay Credentials"
     _block_type_slug = "luma-relay-credentials"
-    _documentation_url = "https://docs.lumalabs.ai/docs/api"
+    _documentation_url = "https://docs.lumalabs.ai/docs/api"  # type: ignore[assignment]
     _description = (
         "Address, key and style of a Luma Dream Machine relay, for the luma_prefect tasks "
         "and flows."
@@ -141,6 +141,6 @@ class LumaRelayCredentials(CredentialsBlock):
         return cls(
             base_url=env[ENV_BASE_URL],
             api_key=SecretStr(env[ENV_API_KEY]),
-            api_style=style,  # type: ignore[arg-type]
+            api_style=style,
             route_prefix=env.get(ENV_ROUTE_PREFIX) or "/luma",
         )

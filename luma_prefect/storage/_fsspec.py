@@ -22,14 +22,7 @@ logger = logging.getLogger("luma_prefect.storage")
 
 
 class FsspecStorage(Storage):
-    """Files on any fsspec filesystem (s3://, gcs://, memory://, ...).
-
-    Example:
-        ```python
-        storage = FsspecStorage("memory://luma-test")
-        storage = FsspecStorage("s3://bucket/luma", key="...", secret="...")
-        ```
-    """
+    """Files on any fsspec filesystem (s3://, gcs://, memory://, ...)."""
 
     def __init__(self, url: str, **settings: Any) -> None:
         if settings:
@@ -58,7 +51,7 @@ class FsspecStorage(Storage):
         return int(info.get("size") or 0) if info.get("type") == "file" else None
 
     def open_read(self, relpath: str) -> BinaryIO:
-        return self.fs.open(self._full(relpath), "rb")  # type: ignore[no-any-return]
+        return self.fs.open(self._full(relpath), "rb")
 
     def write_bytes(self, relpath: str, data: bytes) -> str:
         final = self._full(relpath)
