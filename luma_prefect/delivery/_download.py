@@ -177,14 +177,6 @@ async def download_generation_files(
     warning when the generation has none. At most `max_concurrent` files are fetched at
     once. `http` may be shared between calls: a plain client (see `media_client`), never
     one that carries the relay key. `logger` gets one INFO line per file written.
-
-    Example:
-        ```python
-        async with credentials.get_client() as client:
-            generation = await client.get_generation(generation_id)
-            done = await download_generation_files(client, generation, storage_for("./out"))
-        print(done.assets["video"].path, done.assets["video"].sha256)
-        ```
     """
     gid = generation.id
     _check_options(assets, video_sources, max_bytes, max_concurrent, chunk_size)

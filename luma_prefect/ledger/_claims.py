@@ -92,19 +92,7 @@ def _holder_gone(claim: dict[str, Any]) -> bool:
 
 
 class Claims:
-    """Numbered, exclusive-create claims on generations in one storage folder.
-
-    Example:
-        ```python
-        now = lambda: datetime.now(timezone.utc)
-        claims = Claims(storage_for("./luma-output"), ".luma-ledger/claims", clock=now)
-        if claims.take(generation_id, "run-1", stale_after=timedelta(minutes=15)):
-            try:
-                ...  # download and publish
-            finally:
-                claims.release(generation_id, "run-1")
-        ```
-    """
+    """Numbered, exclusive-create claims on generations in one storage folder."""
 
     def __init__(self, storage: Storage, root: str, *, clock: Callable[[], datetime]) -> None:
         self.storage = storage
@@ -112,13 +100,7 @@ class Claims:
         self._clock = clock
 
     def take(self, generation_id: str, owner: str, *, stale_after: timedelta) -> bool:
-        """True when `owner` holds the claim afterwards (it was free, stale, or already its).
-
-        Example:
-            ```python
-            claims.take(generation_id, "run-1", stale_after=timedelta(minutes=15))
-            ```
-        """
+        """True when `owner` holds the claim afterwards (it was free, stale, or already its)."""
         for _ in range(_ATTEMPTS):
             number, current = self._current(generation_id)
             if current is not None and not current.get("released"):
@@ -132,39 +114,21 @@ class Claims:
         return False
 
     def owner(self, generation_id: str) -> str | None:
-        """Who holds the claim now, if anyone.
-
-        Example:
-            ```python
-            claims.owner(generation_id)  # "run-1" or None
-            ```
-        """
+        """Who holds the claim now, if anyone."""
         _, current = self._current(generation_id)
         if current is None or current.get("released"):
             return None
         return str(current.get("owner")) if current.get("owner") else None
 
     def abandoned(self, generation_id: str) -> bool:
-        """True when the claim's holder is known dead (same machine, process gone).
-
-        Example:
-            ```python
-            claims.abandoned(generation_id)
-            ```
-        """
+        """True when the claim's holder is known dead (same machine, process gone)."""
         _, current = self._current(generation_id)
         if not current:
             return False
         return not current.get("released") and _holder_gone(current)
 
     def release(self, generation_id: str, owner: str) -> None:
-        """Give the claim back, if `owner` still holds it.
-
-        Example:
-            ```python
-            claims.release(generation_id, "run-1")
-            ```
-        """
+        """Give the claim back, if `owner` still holds it."""
         number, current = self._current(generation_id)
         if current is not None and current.get("owner") == owner and not current.get("released"):
             body = {"released": True, "by": owner, "at": self._clock().isoformat()}

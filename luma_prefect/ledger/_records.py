@@ -35,14 +35,7 @@ _FINISHED: frozenset[str] = frozenset({"published", "failed"})
 
 
 class LedgerRecord(BaseModel):
-    """What the ledger knows of one paid generation.
-
-    Example:
-        ```python
-        record = ledger.get("4665a07c-7641-4809-a133-10786201bb56")
-        print(record.status, record.history)
-        ```
-    """
+    """What the ledger knows of one paid generation."""
 
     generation_id: GenerationId
     status: LedgerStatus
@@ -54,13 +47,7 @@ class LedgerRecord(BaseModel):
     history: list[dict[str, str]] = Field(default_factory=list)
 
     def times(self) -> dict[str, datetime]:
-        """When the record reached each status (the latest time for each).
-
-        Example:
-            ```python
-            record.times()["submitted"]
-            ```
-        """
+        """When the record reached each status (the latest time for each)."""
         return {entry["status"]: datetime.fromisoformat(entry["at"]) for entry in self.history}
 
 
@@ -69,15 +56,7 @@ def _now() -> datetime:
 
 
 class Ledger:
-    """Records of paid generations, in a storage shared by every flow run that uses it.
-
-    Example:
-        ```python
-        ledger = Ledger(storage_for("./luma-output"))
-        for record in ledger.unfinished():
-            print(record.generation_id, record.status)
-        ```
-    """
+    """Records of paid generations, in a storage shared by every flow run that uses it."""
 
     def __init__(self, storage: Storage, *, clock: Callable[[], datetime] = _now) -> None:
         self.storage = storage
@@ -88,24 +67,12 @@ class Ledger:
     def submit_key(
         flow_run_id: str, relay: str, request: GenerationRequest, idempotency_key: str | None
     ) -> str:
-        """The key of one submission: equal for a resubmission of the same request.
-
-        Example:
-            ```python
-            key = Ledger.submit_key(run_id, "https://relay|generations", request, None)
-            ```
-        """
+        """The key of one submission: equal for a resubmission of the same request."""
         parts = (flow_run_id, relay, request.fingerprint(), idempotency_key or "")
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:40]
 
     def find_submission(self, key: str) -> str | None:
-        """The generation id recorded for a submission key, if any.
-
-        Example:
-            ```python
-            generation_id = ledger.find_submission(key)
-            ```
-        """
+        """The generation id recorded for a submission key, if any."""
         data = self._read(f"{_ROOT}/submits/{key}.json")
         return str(data["generation_id"]) if data and data.get("generation_id") else None
 
@@ -113,12 +80,6 @@ class Ledger:
         """True when a submit under this key began but its answer was never recorded.
 
         The relay may have created (and charged) a generation that nobody knows the id of.
-
-        Example:
-            ```python
-            if ledger.submission_in_doubt(key):
-                ...  # do not submit again blindly
-            ```
         """
         data = self._read(f"{_ROOT}/submits/{key}.json")
         if not data:
@@ -126,26 +87,14 @@ class Ledger:
         return data.get("state") == "sending" and not data.get("generation_id")
 
     def begin_submission(self, key: str, flow_run_id: str | None) -> None:
-        """Note that a submit under this key is about to be sent (before the paid POST).
-
-        Example:
-            ```python
-            ledger.begin_submission(key, run_id)
-            ```
-        """
+        """Note that a submit under this key is about to be sent (before the paid POST)."""
         self._write(
             f"{_ROOT}/submits/{key}.json",
             {"state": "sending", "flow_run_id": flow_run_id, "at": self._clock().isoformat()},
         )
 
     def abandon_submission(self, key: str) -> None:
-        """Forget a submit that certainly created nothing (refused, or never sent).
-
-        Example:
-            ```python
-            ledger.abandon_submission(key)
-            ```
-        """
+        """Forget a submit that certainly created nothing (refused, or never sent)."""
         self.storage.delete(f"{_ROOT}/submits/{key}.json")
 
     def record_submitted(
@@ -158,14 +107,7 @@ class Ledger:
         relay_base_url: str,
         relay_style: str,
     ) -> LedgerRecord:
-        """Record a generation the relay just accepted (call before any wait).
-
-        Example:
-            ```python
-            ledger.record_submitted(generation, key=key, request=request, flow_run_id=run_id,
-                                    relay_base_url=url, relay_style="generations")
-            ```
-        """
+        """Record a generation the relay just accepted (call before any wait)."""
         generation_id = generation.id
         record = LedgerRecord(
             generation_id=generation_id,
@@ -181,13 +123,7 @@ class Ledger:
         return record
 
     def get(self, generation_id: str) -> LedgerRecord | None:
-        """The record of a generation, or None.
-
-        Example:
-            ```python
-            ledger.get(generation_id)
-            ```
-        """
+        """The record of a generation, or None."""
         data = self._read(self._record_path(generation_id))
         if data is None:
             return None
@@ -199,13 +135,7 @@ class Ledger:
     def mark(
         self, generation_id: str, status: LedgerStatus, *, error: str | None = None
     ) -> LedgerRecord | None:
-        """Move a recorded generation to a new status; None if it is not in the ledger.
-
-        Example:
-            ```python
-            ledger.mark(generation_id, "downloaded")
-            ```
-        """
+        """Move a recorded generation to a new status; None if it is not in the ledger."""
         record = self.get(generation_id)
         if record is None:
             return None
@@ -215,23 +145,11 @@ class Ledger:
         return record
 
     def updated_at(self, record: LedgerRecord) -> datetime | None:
-        """When a record last changed.
-
-        Example:
-            ```python
-            ledger.updated_at(record)
-            ```
-        """
+        """When a record last changed."""
         return max(record.times().values(), default=None)
 
     def unfinished(self) -> list[LedgerRecord]:
-        """Every recorded generation not yet published nor failed, oldest first.
-
-        Example:
-            ```python
-            ids = [r.generation_id for r in ledger.unfinished()]
-            ```
-        """
+        """Every recorded generation not yet published nor failed, oldest first."""
         records = []
         for path in self.storage.list(f"{_ROOT}/generations"):
             name = path.rsplit("/", 1)[-1]
@@ -247,43 +165,19 @@ class Ledger:
 
         A claim older than `stale_after`, or whose process is gone from this machine (its
         holder died), is taken over. See `luma_prefect.ledger._claims`.
-
-        Example:
-            ```python
-            if ledger.claim(generation_id, owner=run_id, stale_after=timedelta(minutes=15)):
-                ...  # download and publish, then ledger.release(generation_id, run_id)
-            ```
         """
         return self._claims.take(generation_id, owner, stale_after=stale_after)
 
     def claim_owner(self, generation_id: str) -> str | None:
-        """Who holds the claim on a generation now, if anyone.
-
-        Example:
-            ```python
-            holder = ledger.claim_owner(generation_id)
-            ```
-        """
+        """Who holds the claim on a generation now, if anyone."""
         return self._claims.owner(generation_id)
 
     def claim_abandoned(self, generation_id: str) -> bool:
-        """True when a claim is held by a process known to be dead (on this machine).
-
-        Example:
-            ```python
-            ledger.claim_abandoned(generation_id)
-            ```
-        """
+        """True when a claim is held by a process known to be dead (on this machine)."""
         return self._claims.abandoned(generation_id)
 
     def release(self, generation_id: str, owner: str) -> None:
-        """Give back a claim `owner` holds; a claim someone else took over is left alone.
-
-        Example:
-            ```python
-            ledger.release(generation_id, run_id)
-            ```
-        """
+        """Give back a claim `owner` holds; a claim someone else took over is left alone."""
         self._claims.release(generation_id, owner)
 
     def _record_path(self, generation_id: str) -> str:
