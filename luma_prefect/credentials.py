@@ -30,13 +30,19 @@ class LumaRelayCredentials(CredentialsBlock):
     errors or artifacts.
 
     Example:
-        Load saved credentials and query a generation:
+        Load saved credentials and query a generation (in async code, `await` the block's
+        `aload` instead):
         ```python
+        import asyncio
         from luma_prefect import LumaRelayCredentials
 
-        credentials = await LumaRelayCredentials.aload("luma-relay")
-        async with credentials.get_client() as client:
-            generation = await client.get_generation("4665a07c-7641-4809-a133-10786201bb56")
+        credentials = LumaRelayCredentials.load("BLOCK_NAME")
+
+        async def main():
+            async with credentials.get_client() as client:
+                return await client.get_generation("4665a07c-7641-4809-a133-10786201bb56")
+
+        generation = asyncio.run(main())
         ```
     """
 

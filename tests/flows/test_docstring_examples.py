@@ -5,8 +5,8 @@ the public methods and properties of those classes, and the three packages' own 
 Each example runs in a fresh copy of a small namespace (below) with the working directory in
 a temporary folder; examples with a top-level `await` run in an event loop. The saved block
 `luma-relay` points at the simulator, whose clock the waits drive, so a 30-minute wait takes
-milliseconds. The examples' placeholders (a uuid, a relay address and key) stand for the
-simulator's generation, address and key.
+milliseconds. The examples' placeholders (a uuid, a relay address and key, Prefect's
+`BLOCK_NAME`) stand for the simulator's generation, address and key, and the saved block.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def _examples() -> Iterator[Any]:
             for obj in _documented(owner):
                 doc = getattr(obj, "__doc__", None)
                 # Aliases such as `ApiStyle` carry typing's own docstring: not ours.
-                ours = str(getattr(obj, "__module__", "")).startswith("luma_prefect")
+                home = obj.__name__ if inspect.ismodule(obj) else getattr(obj, "__module__", "")
+                ours = str(home).startswith("luma_prefect")
                 if id(obj) in seen or not ours or not isinstance(doc, str):
                     continue
                 seen.add(id(obj))
@@ -74,6 +75,7 @@ def test_there_are_examples_to_run() -> None:
     """The collection above found the examples (so the test below means something)."""
     ids = [example.id for example in EXAMPLES]
     assert len(ids) > 50
+    assert "luma_prefect#0" in ids and "luma_prefect.flows#0" in ids
     assert "luma_prefect.tasks.submit_generation#0" in ids
     assert "luma_prefect.LumaClient.get_generation#0" in ids
 
@@ -159,6 +161,7 @@ def _source(example: str, names: dict[str, Any]) -> str:
         .replace('"4665a07c-..."', repr(names["generation_id"]))
         .replace("https://relay.example", names["base_url"])
         .replace('"sk-..."', repr(names["key"]))
+        .replace('"BLOCK_NAME"', '"luma-relay"')  # as Prefect's UI shows a block's example
     )
 
 
