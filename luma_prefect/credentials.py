@@ -43,6 +43,7 @@ class LumaRelayCredentials(CredentialsBlock):
         Load saved credentials in sync code (in async code, `load` returns a coroutine:
         use `await LumaRelayCredentials.aload("BLOCK_NAME")` there):
         ```python
+        import asyncio
         from luma_prefect import LumaRelayCredentials
 
         credentials = LumaRelayCredentials.load("BLOCK_NAME")
@@ -210,6 +211,6 @@ class LumaRelayCredentials(CredentialsBlock):
         return cls(
             base_url=env[ENV_BASE_URL],
             api_key=SecretStr(env[ENV_API_KEY]),
-            api_style=style,  # type: ignore[arg-type]
+            api_style=style,
             route_prefix=env.get(ENV_ROUTE_PREFIX) or "/luma",
         )

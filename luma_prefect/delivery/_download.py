@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from luma_prefect._exceptions import LumaConfigurationError, LumaDownloadError, LumaError
-from luma_prefect._models import Generation, GenerationState, check_generation_id
+from luma_prefect._models import Generation, GenerationState
 from luma_prefect._outcomes import DownloadedAsset, DownloadedGeneration
 from luma_prefect._urls import public_url
 from luma_prefect.delivery._transfer import (
@@ -57,7 +57,7 @@ RECORD_NAME = ".download.json"
 ProgressCallback = Callable[[str, int, int | None], Any]
 """`on_progress(asset_name, bytes_done, total_or_None)`, sync or async, ~4 calls a second."""
 
-Logger = logging.Logger | logging.LoggerAdapter  # type: ignore[type-arg]
+Logger = logging.Logger | logging.LoggerAdapter
 _log = logging.getLogger("luma_prefect.download")
 
 
@@ -180,15 +180,8 @@ async def download_generation_files(
     `part_tag` names the `.part` files after their holder (a claim's owner), so two
     deliveries of one generation never write into the same part.
 
-    Example:
-        ```python
-        async with credentials.get_client() as client:
-            generation = await client.get_generation(generation_id)
-            done = await download_generation_files(client, generation, storage_for("./out"))
-        print(done.assets["video"].path, done.assets["video"].sha256)
-        ```
     """
-    gid = check_generation_id(generation.id)
+    gid = generation.id
     _check_options(assets, video_sources, max_bytes, max_concurrent, chunk_size)
     if part_tag is not None and not (part_tag.isascii() and part_tag.isalnum()):
         raise LumaConfigurationError("part_tag must be ASCII letters and digits only.")
@@ -281,7 +274,8 @@ async def _fetch_asset(ctx: _Context, name: str) -> DownloadedAsset | None:
             seen = ctx.links.version
             source = await ctx.links.source(name)
             if source is None:
-                return _missing(ctx, name)
+                _missing(ctx, name)
+                return None
             try:
                 return await _transfer(ctx, name, source)
             except LinkRefused as exc:

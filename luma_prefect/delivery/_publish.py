@@ -37,13 +37,7 @@ MANIFEST_VERSION = 1
 
 
 def artifact_key(*parts: str) -> str:
-    """A Prefect artifact key: lowercase letters, digits and dashes only.
-
-    Example:
-        ```python
-        artifact_key("luma", "4665A07C_7641")  # "luma-4665a07c-7641"
-        ```
-    """
+    """A Prefect artifact key: lowercase letters, digits and dashes only."""
     key = re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower())
     return re.sub(r"-{2,}", "-", key).strip("-")[:100] or "luma"
 
@@ -55,14 +49,7 @@ def build_manifest(
     timeline: Mapping[str, datetime | None] | None = None,
     published_at: datetime | None = None,
 ) -> dict[str, Any]:
-    """The manifest written beside the files: what was asked, what came back, and where.
-
-    Example:
-        ```python
-        manifest = build_manifest(downloaded, request=GenerationRequest(prompt="a fox"))
-        manifest["assets"]["video"]["sha256"]
-        ```
-    """
+    """The manifest written beside the files: what was asked, what came back, and where."""
     generation = downloaded.generation
     relay_request = generation.raw.get("request")
     times: dict[str, datetime | None] = {
@@ -126,26 +113,14 @@ def mismatched_files(storage: Storage, downloaded: DownloadedGeneration) -> list
 
 
 def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
-    """The manifest as pretty, stable UTF-8 JSON.
-
-    Example:
-        ```python
-        storage.write_bytes("abc/manifest.json", manifest_bytes(manifest))
-        ```
-    """
+    """The manifest as pretty, stable UTF-8 JSON."""
     return (json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n").encode()
 
 
 async def create_summary_artifact(
     downloaded: DownloadedGeneration, manifest_uri: str, key: str
 ) -> None:
-    """A markdown artifact: prompt, thumbnail, links to the files, timings.
-
-    Example:
-        ```python
-        await create_summary_artifact(downloaded, "file:///out/abc/manifest.json", "luma-abc")
-        ```
-    """
+    """A markdown artifact: prompt, thumbnail, links to the files, timings."""
     generation = downloaded.generation
     # Every string that came from the relay (prompt, links, kinds) is escaped or
     # percent-encoded: a hostile relay must not inject markup into the artifact.
@@ -181,13 +156,7 @@ async def create_summary_artifact(
 
 
 async def create_batch_table(rows: Sequence[Mapping[str, Any]], key: str) -> None:
-    """A table artifact with one row per generation of a batch.
-
-    Example:
-        ```python
-        await create_batch_table([{"generation_id": "abc", "outcome": "published"}], "luma-b")
-        ```
-    """
+    """A table artifact with one row per generation of a batch."""
     await acreate_table_artifact(
         table=[dict(row) for row in rows],
         key=key,
@@ -201,11 +170,6 @@ def emit_generation_event(
     """Emit a Prefect event about a generation, resource `luma.generation.<id>`.
 
     Automations can match it to start downstream deployments.
-
-    Example:
-        ```python
-        emit_generation_event(EVENT_COMPLETED, generation)
-        ```
     """
     resource = {
         "prefect.resource.id": f"luma.generation.{generation.id}",

@@ -60,14 +60,7 @@ Progress = Callable[[int, int | None], Awaitable[None]]
 
 
 def file_extension(content_type: str | None, url: str, name: str) -> str:
-    """The file extension for a download: from its Content-Type, else its URL, else a default.
-
-    Example:
-        ```python
-        file_extension("image/png", "https://cdn.example/x", "thumbnail")  # ".png"
-        file_extension(None, "https://cdn.example/x.webp?sig=1", "thumbnail")  # ".webp"
-        ```
-    """
+    """The file extension for a download: from its Content-Type, else its URL, else a default."""
     word = (content_type or "").split(";")[0].strip().lower()
     if word in _EXTENSIONS:
         return _EXTENSIONS[word]
@@ -102,12 +95,6 @@ def media_client(max_connections: int = 3) -> httpx.AsyncClient:
     With a proxy configured in the environment (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`,
     with `NO_PROXY`), httpx's own transports carry everything through it; otherwise plain
     `http://` bodies come through `PlainHTTPTransport` and https reads are 1 MiB large.
-
-    Example:
-        ```python
-        async with media_client() as http:
-            done = await download_generation_files(client, generation, storage, http=http)
-        ```
     """
     options: dict[str, Any] = {
         "follow_redirects": True,
@@ -133,14 +120,7 @@ def media_client(max_connections: int = 3) -> httpx.AsyncClient:
 
 
 class LinkRefused(Exception):
-    """The link answered 401/403/404/410: expired (or never valid); ask for a fresh one.
-
-    Example:
-        ```python
-        except LinkRefused as exc:
-            print(exc.status)  # 403
-        ```
-    """
+    """The link answered 401/403/404/410: expired (or never valid); ask for a fresh one."""
 
     def __init__(self, status: int) -> None:
         super().__init__(f"HTTP {status}")
@@ -148,13 +128,7 @@ class LinkRefused(Exception):
 
 
 class TransientError(Exception):
-    """A transient status or an unusable answer: retried like a broken-off transfer.
-
-    Example:
-        ```python
-        raise TransientError("HTTP 503")
-        ```
-    """
+    """A transient status or an unusable answer: retried like a broken-off transfer."""
 
 
 def _total_of(response: httpx.Response, encoded: bool) -> int | None:
@@ -170,12 +144,6 @@ class PartTransfer:
 
     `have` is the part's length and `digest` the sha256 of exactly those bytes once an
     attempt ends (normally or not), so the next attempt asks for `Range: bytes=<have>-`.
-
-    Example:
-        ```python
-        transfer = PartTransfer(http, part, name="video", generation_id=gid, meta={})
-        await transfer.run(url)  # then part.commit(...)
-        ```
     """
 
     def __init__(
@@ -343,13 +311,7 @@ def _hash_pieces(digest: Any, pieces: list[bytes]) -> None:
 def progress_reporter(
     callback: Callable[[str, int, int | None], Any] | None, name: str
 ) -> Progress | None:
-    """`callback(name, done, total)` as a `Progress`; sync or async, its failures ignored.
-
-    Example:
-        ```python
-        report = progress_reporter(lambda n, d, t: print(n, d, t), "video")
-        ```
-    """
+    """`callback(name, done, total)` as a `Progress`; sync or async, its failures ignored."""
     if callback is None:
         return None
 

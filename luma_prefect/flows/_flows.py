@@ -14,9 +14,7 @@ from prefect import flow, get_run_logger
 from luma_prefect._exceptions import LumaError
 from luma_prefect._models import AspectRatio, GenerationRequest
 from luma_prefect._outcomes import AssetName, GenerationOutcome, PublishedGeneration
-from luma_prefect.credentials import LumaRelayCredentials
 from luma_prefect.flows._steps import (
-    Destination,
     FailWhen,
     WaitOptions,
     collect,
@@ -29,10 +27,9 @@ from luma_prefect.flows._steps import (
 from luma_prefect.ledger._records import Ledger
 from luma_prefect.storage import storage_for
 from luma_prefect.tasks import resolve_credentials
+from luma_prefect.tasks._common import CredentialsInput, Destination
 
 __all__ = ["collect_generations", "collect_pending", "generate_video", "generate_videos"]
-
-CredentialsInput = LumaRelayCredentials | str
 
 DEFAULT_CREDENTIALS = "luma-relay"
 DEFAULT_DESTINATION = "luma-output"

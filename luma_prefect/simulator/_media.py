@@ -45,13 +45,7 @@ def _block() -> bytes:
 
 
 def synthetic_bytes(start: int, length: int) -> bytes:
-    """`length` bytes of the synthetic video body from offset `start` (for checking downloads).
-
-    Example:
-        ```python
-        assert synthetic_bytes(0, 8)[4:8] == b"ftyp"
-        ```
-    """
+    """`length` bytes of the synthetic video body from offset `start` (for checking downloads)."""
     parts = []
     position, end = start, start + length
     while position < end:

@@ -16,8 +16,8 @@ from luma_prefect.simulator._state import SimulatorState
 
 if TYPE_CHECKING:
     import uvicorn
+    from typing_extensions import Self
 
-    from luma_prefect.credentials import LumaRelayCredentials
     from luma_prefect.simulator._app import Relay
 
 __all__ = ["RelaySimulator", "run_simulator"]
@@ -122,7 +122,7 @@ class RelaySimulator:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def start(self) -> RelaySimulator:
+    def start(self) -> Self:
         """Bind 127.0.0.1 (a free port, or the configured one) and serve until `stop()`.
 
         A stopped simulator can start again: same port, same generations.
@@ -199,7 +199,7 @@ class RelaySimulator:
         if sock is not None:
             sock.close()
 
-    def __enter__(self) -> RelaySimulator:
+    def __enter__(self) -> Self:
         return self if self.running else self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -332,25 +332,25 @@ class RelaySimulator:
         """
         return self._state.ids()
 
-    def credentials(self) -> LumaRelayCredentials:
-        """A `luma_prefect.LumaRelayCredentials` block pointing at this simulator.
+    def connection(self) -> dict[str, str]:
+        """How to reach this simulator, named as the fields of `LumaRelayCredentials`.
+
+        A plain mapping, so the simulator needs nothing of the product but the wire shapes;
+        the pytest plugin's `luma_simulator.credentials()` builds the block from it.
 
         Example:
             ```python
-            async with sim.credentials().get_client() as client:
-                await client.get_generation(gid)
+            from luma_prefect import LumaRelayCredentials
+
+            credentials = LumaRelayCredentials.model_validate(sim.connection())
             ```
         """
-        from pydantic import SecretStr
-
-        from luma_prefect.credentials import LumaRelayCredentials
-
-        return LumaRelayCredentials(
-            base_url=self.base_url,
-            api_key=SecretStr(self.api_key),
-            api_style=self.style,
-            route_prefix=self.route_prefix,
-        )
+        return {
+            "base_url": self.base_url,
+            "api_key": self.api_key,
+            "api_style": self.style,
+            "route_prefix": self.route_prefix,
+        }
 
 
 @contextmanager

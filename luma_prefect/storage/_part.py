@@ -27,14 +27,6 @@ class PartFile:
 
     `meta` is a small JSON-able dict kept next to the part (the source it came from), so a
     later run can tell whether a left-over part may be resumed.
-
-    Example:
-        ```python
-        part = storage.open_part("gen-1/video")
-        with part.writer(append=False) as write:
-            write(b"...")
-        uri = part.commit("gen-1/video.mp4")
-        ```
     """
 
     def __init__(self, path: Path, where: str, commit_to: Any) -> None:
@@ -45,26 +37,14 @@ class PartFile:
 
     @property
     def size(self) -> int:
-        """Bytes already in the part (0 when there is none).
-
-        Example:
-            ```python
-            have = part.size
-            ```
-        """
+        """Bytes already in the part (0 when there is none)."""
         try:
             return self.path.stat().st_size
         except FileNotFoundError:
             return 0
 
     def read_meta(self) -> dict[str, Any] | None:
-        """The meta saved with the part, or None if there is none or it is unreadable.
-
-        Example:
-            ```python
-            if (part.read_meta() or {}).get("source_kind") == "video_raw": ...
-            ```
-        """
+        """The meta saved with the part, or None if there is none or it is unreadable."""
         try:
             data = json.loads(self._meta_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -72,13 +52,7 @@ class PartFile:
         return data if isinstance(data, dict) else None
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        """Save `meta` next to the part.
-
-        Example:
-            ```python
-            part.write_meta({"source_kind": "video_raw", "total": 1234})
-            ```
-        """
+        """Save `meta` next to the part."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._meta_path.write_text(json.dumps(meta), encoding="utf-8")
@@ -86,13 +60,7 @@ class PartFile:
             raise disk_error(exc, self.where) from exc
 
     def hash_existing(self) -> Any:
-        """A sha256 object fed with the bytes already in the part, read in 1 MiB blocks.
-
-        Example:
-            ```python
-            digest = part.hash_existing()  # then digest.update(new bytes)
-            ```
-        """
+        """A sha256 object fed with the bytes already in the part, read in 1 MiB blocks."""
         digest = hashlib.sha256()
         with contextlib.suppress(FileNotFoundError), self.path.open("rb") as file:
             while block := file.read(_HASH_BLOCK):
@@ -108,12 +76,6 @@ class PartFile:
 
         A write that fails (a full disk, an I/O error) removes the part and raises
         LumaDownloadError.
-
-        Example:
-            ```python
-            with part.writer(append=True) as write:
-                write([chunk, next_chunk])
-            ```
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -127,13 +89,7 @@ class PartFile:
             file.close()
 
     def commit(self, relpath: str) -> str:
-        """Move the verified part to its final name; returns the final file's URI.
-
-        Example:
-            ```python
-            uri = part.commit("gen-1/video.mp4")
-            ```
-        """
+        """Move the verified part to its final name; returns the final file's URI."""
         try:
             uri: str = self._commit_to(self.path, check_relpath(relpath))
         except OSError as exc:
@@ -145,13 +101,7 @@ class PartFile:
         return uri
 
     def discard(self) -> None:
-        """Remove the part and its meta (nothing happens if they are gone already).
-
-        Example:
-            ```python
-            part.discard()
-            ```
-        """
+        """Remove the part and its meta (nothing happens if they are gone already)."""
         for path in (self.path, self._meta_path):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

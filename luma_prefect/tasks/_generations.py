@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 from prefect.logging.loggers import task_run_logger
 
-from luma_prefect._models import Generation, GenerationRequest
+from luma_prefect._models import Generation, GenerationId, GenerationRequest
 from luma_prefect.credentials import LumaRelayCredentials
 from luma_prefect.ledger._identity import (
     relay_identity,
@@ -33,7 +33,7 @@ from luma_prefect.tasks._common import (
 )
 async def fetch_generation(
     credentials: CredentialsInput,
-    generation_id: str,
+    generation_id: GenerationId,
 ) -> Generation:
     """The current state of one generation.
 
@@ -50,12 +50,14 @@ async def fetch_generation(
 
 @task(name="fetch-generations", timeout_seconds=RELAY_CALL_BACKSTOP_SECONDS, **READ_OPTIONS)
 async def fetch_generations(
-    credentials: CredentialsInput, generation_ids: list[str]
+    credentials: CredentialsInput, generation_ids: list[GenerationId]
 ) -> list[Generation]:
     """The current state of many generations, in the order asked, through the batch route.
 
     Example:
         ```python
+        from luma_prefect.tasks import fetch_generations
+
         generations = await fetch_generations(credentials, [first_id, second_id])
         ```
     """
@@ -155,7 +157,7 @@ async def submit_generation(
 @task(name="extend-generation", **_PAID_OPTIONS)
 async def extend_generation(
     credentials: CredentialsInput,
-    generation_id: str,
+    generation_id: GenerationId,
     request: GenerationRequest,
     idempotency_key: str | None = None,
 ) -> Generation:
@@ -164,6 +166,9 @@ async def extend_generation(
 
     Example:
         ```python
+        from luma_prefect import GenerationRequest
+        from luma_prefect.tasks import extend_generation
+
         longer = await extend_generation(credentials, done.id, GenerationRequest(prompt="on"))
         ```
     """

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import respx
+from pydantic import ValidationError
 
 from luma_prefect import (
     Generation,
@@ -134,12 +135,14 @@ async def test_an_unsafe_generation_id_is_refused_before_anything_is_written(
     client: LumaClient, tmp_path: Path, bad_id: str
 ) -> None:
     before = tree(tmp_path)
-    generation = Generation(
-        id=bad_id, state="completed", video=VideoAsset(url="https://cdn.example/v.mp4")
-    )
+    fields = {"state": "completed", "video": VideoAsset(url="https://cdn.example/v.mp4")}
+    with pytest.raises(ValidationError, match="not a valid generation id"):
+        Generation(id=bad_id, **fields)
+    # Forced past the model's check, the id is still refused by the storage's path check.
+    forced = Generation.model_construct(id=bad_id, **fields)
     with respx.mock() as router:  # any request at all would fail the test
-        with pytest.raises(LumaConfigurationError, match="not a valid generation id"):
-            await download_generation_files(client, generation, storage_for(tmp_path / "out"))
+        with pytest.raises(LumaConfigurationError):
+            await download_generation_files(client, forced, storage_for(tmp_path / "out"))
         assert not router.calls
     assert tree(tmp_path) == before
 
