@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect.blocks.abstract import CredentialsBlock
 from prefect.types import SecretDict
@@ -14,6 +14,9 @@ from luma_prefect._exceptions import LumaConfigurationError
 from luma_prefect._models import ApiStyle
 from luma_prefect.relay._client import LumaClient
 from luma_prefect.relay._routes import API_STYLES, normalise_prefix
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["LumaRelayCredentials"]
 
@@ -77,6 +80,21 @@ class LumaRelayCredentials(CredentialsBlock):
         default=None,
         description="Extra HTTP headers sent with every request (kept secret), if any.",
     )
+    verify: bool | str = Field(
+        default=True,
+        description=(
+            "TLS verification for the relay and media links: true (the certifi bundle, or "
+            "SSL_CERT_FILE), false (not recommended), or the path of a CA bundle."
+        ),
+    )
+    allow_private_media_hosts: bool = Field(
+        default=False,
+        description=(
+            "Fetch media links (and their redirects) that point at private, loopback or "
+            "link-local addresses. Off by default: a relay cannot make the worker fetch "
+            "from its own network."
+        ),
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -111,9 +129,30 @@ class LumaRelayCredentials(CredentialsBlock):
             "timeout_seconds": self.timeout_seconds,
             "max_connections": self.max_connections,
             "extra_headers": {str(k): SecretStr(str(v)) for k, v in extra.items()},
+            "verify": self.verify,
         }
         settings.update(overrides)
         return LumaClient(self.base_url, self.api_key, **settings)
+
+    def get_media_client(self, max_connections: int = 3) -> httpx.AsyncClient:
+        """A client for the media links (CDN) of this relay's generations: never the key.
+
+        It verifies TLS as `verify` says and refuses private hosts unless
+        `allow_private_media_hosts`.
+
+        Example:
+            ```python
+            async with credentials.get_media_client() as http:
+                await download_generation_files(client, generation, storage, http=http)
+            ```
+        """
+        from luma_prefect.delivery._transfer import media_client
+
+        return media_client(
+            max_connections,
+            verify=self.verify,
+            allow_private_hosts=self.allow_private_media_hosts,
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LumaRelayCredentials:

@@ -29,6 +29,8 @@ from luma_prefect._urls import public_url
 from luma_prefect.delivery._transfer import (
     LinkRefused,
     PartTransfer,
+    Stalled,
+    TransferLimits,
     TransientError,
     file_extension,
     media_client,
@@ -36,6 +38,7 @@ from luma_prefect.delivery._transfer import (
 )
 from luma_prefect.relay._client import LumaClient
 from luma_prefect.storage import Storage
+from luma_prefect.wait._settings import Clock, SystemClock
 
 __all__ = [
     "ASSET_NAMES",
@@ -43,6 +46,7 @@ __all__ = [
     "RECORD_NAME",
     "VIDEO_SOURCES",
     "ProgressCallback",
+    "TransferLimits",
     "download_generation_files",
     "media_client",
 ]
@@ -152,6 +156,8 @@ class _Context:
     max_resume_attempts: int
     on_progress: ProgressCallback | None
     logger: Logger
+    limits: TransferLimits
+    clock: Clock
 
 
 async def download_generation_files(
@@ -168,6 +174,8 @@ async def download_generation_files(
     http: httpx.AsyncClient | None = None,
     on_progress: ProgressCallback | None = None,
     logger: Logger | None = None,
+    limits: TransferLimits | None = None,
+    clock: Clock | None = None,
 ) -> DownloadedGeneration:
     """Download a completed generation's files into `storage`, under `<generation id>/`.
 
@@ -175,8 +183,10 @@ async def download_generation_files(
     then `download_url` (asking the relay's no-watermark route when the object has none),
     then the watermarked `url`; it is required. Thumbnail and last frame are skipped with a
     warning when the generation has none. At most `max_concurrent` files are fetched at
-    once. `http` may be shared between calls: a plain client (see `media_client`), never
-    one that carries the relay key. `logger` gets one INFO line per file written.
+    once. `http` may be shared between calls: a plain client (see `media_client` and
+    `LumaRelayCredentials.get_media_client`), never one that carries the relay key; the
+    default one verifies TLS and refuses private hosts. Each file has a total deadline and
+    a stall check (`limits`, timed by `clock`). `logger` gets one INFO line per file written.
 
     Example:
         ```python
@@ -215,6 +225,8 @@ async def download_generation_files(
         max_resume_attempts=max_resume_attempts,
         on_progress=on_progress,
         logger=logger or _log,
+        limits=limits or TransferLimits(),
+        clock=clock or SystemClock(),
     )
     try:
         # Every asset runs to its end, so the finished ones are recorded even if one fails.
@@ -360,11 +372,14 @@ async def _transfer(ctx: _Context, name: str, source: _Source) -> DownloadedAsse
         max_bytes=ctx.max_bytes,
         chunk_size=ctx.chunk_size,
         progress=progress_reporter(ctx.on_progress, name),
+        limits=ctx.limits,
+        clock=ctx.clock,
     )
+    deadline = ctx.clock.monotonic() + ctx.limits.deadline_seconds
     failures = 0
     while True:
         try:
-            await transfer.run(source.url)
+            await transfer.run(source.url, deadline=deadline)
             break
         except httpx.UnsupportedProtocol as exc:
             raise LumaDownloadError(
@@ -372,7 +387,7 @@ async def _transfer(ctx: _Context, name: str, source: _Source) -> DownloadedAsse
                 f"({exc}). The relay sent an unusable link: report it to them.",
                 generation_id=ctx.gid,
             ) from exc
-        except (httpx.TransportError, TransientError) as exc:
+        except (httpx.TransportError, TransientError, Stalled) as exc:
             failures += 1
             if failures > ctx.max_resume_attempts:
                 raise LumaDownloadError(
@@ -384,7 +399,8 @@ async def _transfer(ctx: _Context, name: str, source: _Source) -> DownloadedAsse
                 ) from exc
             ctx.logger.debug("%s of %s broke off at %d: %r", name, ctx.gid, transfer.have, exc)
             if isinstance(exc, TransientError):
-                await asyncio.sleep(min(RETRY_DELAY_SECONDS * 2**failures, 5.0))
+                pause = min(RETRY_DELAY_SECONDS * 2**failures, 5.0)
+                await ctx.clock.sleep(max(min(pause, deadline - ctx.clock.monotonic()), 0.0))
     content_type = transfer.meta.get("content_type")
     file_name = name + file_extension(content_type, source.url, name)
     path = await asyncio.to_thread(part.commit, f"{ctx.gid}/{file_name}")

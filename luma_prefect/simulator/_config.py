@@ -53,6 +53,10 @@ class FaultKind(str, Enum):
     NO_BATCH_ROUTE = "no_batch_route"
     UNKNOWN_STATE = "unknown_state"
     FAIL_GENERATION = "fail_generation"
+    STALL_BODY = "stall_body"
+    TRICKLE_BODY = "trickle_body"
+    REDIRECT_LOOP = "redirect_loop"
+    REDIRECT_TO_HTTP = "redirect_to_http"
 
 
 # Where each kind acts when `Fault.routes` is empty.
@@ -70,6 +74,10 @@ DEFAULT_ROUTES: dict[FaultKind, tuple[str, ...]] = {
     FaultKind.UNKNOWN_STATE: _RENDERING_ROUTES,
     # Decides an outcome rather than an answer, so it is not tied to a route.
     FaultKind.FAIL_GENERATION: ROUTES,
+    FaultKind.STALL_BODY: ("media",),
+    FaultKind.TRICKLE_BODY: ("media",),
+    FaultKind.REDIRECT_LOOP: ("media",),
+    FaultKind.REDIRECT_TO_HTTP: ("media",),
 }
 
 

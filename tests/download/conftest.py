@@ -7,21 +7,27 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from luma_prefect import Generation, LumaClient
-from luma_prefect.simulator import RelaySimulator
+from luma_prefect.delivery._transfer import media_client
+from luma_prefect.simulator import RelaySimulator, SimulatorTLS
 
 MIB = 1024 * 1024
 
 
 @pytest.fixture
 def sim_factory(
-    luma_simulator_factory: Callable[..., RelaySimulator],
+    luma_simulator_factory: Callable[..., RelaySimulator], luma_simulator_tls: SimulatorTLS
 ) -> Callable[..., RelaySimulator]:
-    """Simulators on a manual clock (time moves only when told); all stopped after."""
+    """https simulators on a manual clock (time moves only when told); all stopped after."""
     return functools.partial(
-        luma_simulator_factory, manual_clock=True, pending_seconds=1.0, processing_seconds=2.0
+        luma_simulator_factory,
+        tls=luma_simulator_tls,
+        manual_clock=True,
+        pending_seconds=1.0,
+        processing_seconds=2.0,
     )
 
 
@@ -50,6 +56,15 @@ async def client_for() -> AsyncIterator[Callable[[RelaySimulator], LumaClient]]:
 async def client(sim: RelaySimulator, client_for: Callable[[RelaySimulator], LumaClient]) -> Any:
     """A LumaClient for `sim`."""
     return client_for(sim)
+
+
+@pytest.fixture
+async def http(luma_simulator_tls: SimulatorTLS) -> AsyncIterator[httpx.AsyncClient]:
+    """The media client `sim.credentials()` gives: trusts the run's CA, allows 127.0.0.1."""
+    async with media_client(
+        verify=luma_simulator_tls.ca_file or True, allow_private_hosts=True
+    ) as c:
+        yield c
 
 
 @pytest.fixture
