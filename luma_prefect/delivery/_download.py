@@ -387,20 +387,17 @@ async def _transfer(ctx: _Context, name: str, source: _Source) -> DownloadedAsse
                 f"({exc}). The relay sent an unusable link: report it to them.",
                 generation_id=ctx.gid,
             ) from exc
+        except httpx.ConnectError as exc:
+            if "CERTIFICATE_VERIFY_FAILED" not in str(exc):
+                failures = await _broke_off(ctx, name, transfer, failures, exc, deadline)
+                continue
+            raise LumaDownloadError(
+                f"The {name} link of generation {ctx.gid} failed TLS verification ({exc}). "
+                "If the CDN uses a private CA, give its bundle as `verify` on the credentials.",
+                generation_id=ctx.gid,
+            ) from exc
         except (httpx.TransportError, TransientError, Stalled) as exc:
-            failures += 1
-            if failures > ctx.max_resume_attempts:
-                raise LumaDownloadError(
-                    f"The {name} of generation {ctx.gid} broke off {failures} times, the last "
-                    f"after {transfer.have} bytes ({exc!r}). The partial file is kept: run "
-                    "again soon, before the links expire, to resume it.",
-                    generation_id=ctx.gid,
-                    retryable=True,
-                ) from exc
-            ctx.logger.debug("%s of %s broke off at %d: %r", name, ctx.gid, transfer.have, exc)
-            if isinstance(exc, TransientError):
-                pause = min(RETRY_DELAY_SECONDS * 2**failures, 5.0)
-                await ctx.clock.sleep(max(min(pause, deadline - ctx.clock.monotonic()), 0.0))
+            failures = await _broke_off(ctx, name, transfer, failures, exc, deadline)
     content_type = transfer.meta.get("content_type")
     file_name = name + file_extension(content_type, source.url, name)
     path = await asyncio.to_thread(part.commit, f"{ctx.gid}/{file_name}")
@@ -420,6 +417,31 @@ async def _transfer(ctx: _Context, name: str, source: _Source) -> DownloadedAsse
     await _record(ctx, asset)
     ctx.logger.info("Wrote the %s of %s: %d bytes to %s", name, ctx.gid, asset.bytes, path)
     return asset
+
+
+async def _broke_off(
+    ctx: _Context,
+    name: str,
+    transfer: PartTransfer,
+    failures: int,
+    exc: Exception,
+    deadline: float,
+) -> int:
+    """Count one broken-off attempt: fail past `max_resume_attempts`, else pause if asked."""
+    failures += 1
+    if failures > ctx.max_resume_attempts:
+        raise LumaDownloadError(
+            f"The {name} of generation {ctx.gid} broke off {failures} times, the last "
+            f"after {transfer.have} bytes ({exc!r}). The partial file is kept: run "
+            "again soon, before the links expire, to resume it.",
+            generation_id=ctx.gid,
+            retryable=True,
+        ) from exc
+    ctx.logger.debug("%s of %s broke off at %d: %r", name, ctx.gid, transfer.have, exc)
+    if isinstance(exc, TransientError):
+        pause = min(RETRY_DELAY_SECONDS * 2**failures, 5.0)
+        await ctx.clock.sleep(max(min(pause, deadline - ctx.clock.monotonic()), 0.0))
+    return failures
 
 
 async def _record(ctx: _Context, asset: DownloadedAsset) -> None:
