@@ -14,6 +14,7 @@ import pytest
 from pydantic import SecretStr
 
 from luma_prefect import LumaClient, LumaConfigurationError, LumaDownloadError, _tls
+from luma_prefect._retry import RetryPolicy
 from luma_prefect.credentials import LumaRelayCredentials
 from luma_prefect.delivery._download import download_generation_files
 from luma_prefect.delivery._transfer import media_client
