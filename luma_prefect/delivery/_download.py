@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -387,16 +388,14 @@ async def _transfer(ctx: _Context, name: str, source: _Source) -> DownloadedAsse
                 f"({exc}). The relay sent an unusable link: report it to them.",
                 generation_id=ctx.gid,
             ) from exc
-        except httpx.ConnectError as exc:
-            if "CERTIFICATE_VERIFY_FAILED" not in str(exc):
-                failures = await _broke_off(ctx, name, transfer, failures, exc, deadline)
-                continue
-            raise LumaDownloadError(
-                f"The {name} link of generation {ctx.gid} failed TLS verification ({exc}). "
-                "If the CDN uses a private CA, give its bundle as `verify` on the credentials.",
-                generation_id=ctx.gid,
-            ) from exc
         except (httpx.TransportError, TransientError, Stalled) as exc:
+            if _untrusted(exc):
+                raise LumaDownloadError(
+                    f"The {name} link of generation {ctx.gid} failed TLS verification "
+                    f"({exc}). If the CDN uses a private CA, give its bundle as `verify` on "
+                    "the credentials.",
+                    generation_id=ctx.gid,
+                ) from exc
             failures = await _broke_off(ctx, name, transfer, failures, exc, deadline)
     content_type = transfer.meta.get("content_type")
     file_name = name + file_extension(content_type, source.url, name)
@@ -417,6 +416,19 @@ async def _transfer(ctx: _Context, name: str, source: _Source) -> DownloadedAsse
     await _record(ctx, asset)
     ctx.logger.info("Wrote the %s of %s: %d bytes to %s", name, ctx.gid, asset.bytes, path)
     return asset
+
+
+def _untrusted(exc: BaseException) -> bool:
+    """Whether a transport error is a failed certificate check (whatever class the transport
+    mapped it to: httpx-aiohttp makes it a ConnectTimeout)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        if "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 async def _broke_off(

@@ -91,7 +91,8 @@ def media_client(
     `verify` is True, False or a CA bundle path (one SSL context per process and setting).
     Links and redirects to private, loopback or link-local hosts are refused unless
     `allow_private_hosts`; an https link never follows a redirect to http. Proxies from the
-    environment (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`) apply as in httpx.
+    environment (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`) apply as in httpx
+    (unless a `transport` is given). Why httpx's own transport: README, "Media files".
 
     Example:
         ```python
