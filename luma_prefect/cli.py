@@ -129,6 +129,7 @@ def _usage(sim: RelaySimulator) -> str:
         f"export LUMA_RELAY_API_KEY={sim.api_key}",
         f"export LUMA_RELAY_API_STYLE={sim.style}",
         f"export LUMA_RELAY_ROUTE_PREFIX={sim.route_prefix}",
+        "export LUMA_RELAY_ALLOW_PRIVATE_MEDIA_HOSTS=1  # its media links are on 127.0.0.1",
         "",
         "# submit (answers the new generation and its id):",
         f"curl -s -X POST {shlex.quote(root)} -H {auth} -H {json_header} -d {body}",

@@ -24,6 +24,9 @@ ENV_BASE_URL = "LUMA_RELAY_BASE_URL"
 ENV_API_KEY = "LUMA_RELAY_API_KEY"
 ENV_API_STYLE = "LUMA_RELAY_API_STYLE"
 ENV_ROUTE_PREFIX = "LUMA_RELAY_ROUTE_PREFIX"
+ENV_VERIFY = "LUMA_RELAY_VERIFY"
+ENV_ALLOW_PRIVATE = "LUMA_RELAY_ALLOW_PRIVATE_MEDIA_HOSTS"
+_YES, _NO = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 class LumaRelayCredentials(CredentialsBlock):
@@ -157,7 +160,8 @@ class LumaRelayCredentials(CredentialsBlock):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LumaRelayCredentials:
         """Credentials from `LUMA_RELAY_BASE_URL`, `LUMA_RELAY_API_KEY`, `LUMA_RELAY_API_STYLE`
-        and `LUMA_RELAY_ROUTE_PREFIX` (the last two optional).
+        and `LUMA_RELAY_ROUTE_PREFIX`, `LUMA_RELAY_VERIFY` (true, false or a CA bundle path)
+        and `LUMA_RELAY_ALLOW_PRIVATE_MEDIA_HOSTS` (1 to allow; all but the first two optional).
 
         Example:
             ```python
@@ -177,9 +181,15 @@ class LumaRelayCredentials(CredentialsBlock):
                 f"{ENV_API_STYLE}={style!r} is not a relay style: use one of "
                 f"{', '.join(API_STYLES)}."
             )
+        verify_text = (env.get(ENV_VERIFY) or "true").strip()
+        verify: bool | str = verify_text
+        if verify_text.lower() in _YES + _NO:
+            verify = verify_text.lower() in _YES
         return cls(
             base_url=env[ENV_BASE_URL],
             api_key=SecretStr(env[ENV_API_KEY]),
             api_style=style,  # type: ignore[arg-type]
             route_prefix=env.get(ENV_ROUTE_PREFIX) or "/luma",
+            verify=verify,
+            allow_private_media_hosts=(env.get(ENV_ALLOW_PRIVATE) or "").lower() in _YES,
         )

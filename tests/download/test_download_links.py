@@ -200,3 +200,16 @@ async def test_a_proxy_that_needs_a_missing_package_is_a_configuration_error(
     monkeypatch.setenv("ALL_PROXY", "socks5://127.0.0.1:1")
     with pytest.raises(LumaConfigurationError, match="httpx\\[socks\\]"):
         media_client()
+
+
+def test_credentials_from_the_environment_carry_verify_and_the_private_hosts_switch() -> None:
+    env = {"LUMA_RELAY_BASE_URL": "https://relay.example", "LUMA_RELAY_API_KEY": "sk-x"}
+
+    plain = LumaRelayCredentials.from_env(env)
+    assert plain.verify is True and plain.allow_private_media_hosts is False
+
+    opted = LumaRelayCredentials.from_env(
+        {**env, "LUMA_RELAY_VERIFY": "/etc/ca.pem", "LUMA_RELAY_ALLOW_PRIVATE_MEDIA_HOSTS": "1"}
+    )
+    assert opted.verify == "/etc/ca.pem" and opted.allow_private_media_hosts is True
+    assert LumaRelayCredentials.from_env({**env, "LUMA_RELAY_VERIFY": "false"}).verify is False
