@@ -17,8 +17,20 @@ LumaError                         anything this package raises on purpose
 └── LumaDownloadError             an asset could not be fetched or stored
 ```
 
-Each error says what happened, which generation, and what to do. None of them ever holds
-the relay key: messages are built from the relay's answer, never from our request headers.
+In doubt (`LumaSubmitUncertainError`): a paid submit counts as "not created" only when the
+answer proves the relay refused it before accepting it (401/403, 404/405, 413, 429, or a
+400/422 in the relay's own words naming no upstream trouble; a failure to connect). Every
+other outcome after the request may have reached the relay (408, 5xx, a gateway's 400, a
+timeout or a cut connection after sending, a 2xx that cannot be read) is in doubt: the relay
+may have created, and charged, a generation whose id nobody knows. An in-doubt submit is
+never sent again automatically; the ledger keeps it, `collect_pending` resolves it where it
+can (the submit's persisted Prefect result, an official relay's list of recent generations)
+and reports the rest (log, `luma.submit.in-doubt` event, `luma-submits-in-doubt` artifact);
+`luma-prefect resolve KEY --generation-id ID` or `--abandon` settles it by hand.
+
+Each error says what happened, which generation, and what to do, never an action that pays
+again. None of them ever holds the relay key: messages are built from the relay's answer,
+never from our request headers.
 """
 
 from __future__ import annotations
@@ -99,10 +111,12 @@ class LumaTransportError(LumaError):
 
 
 class LumaSubmitUncertainError(LumaTransportError):
-    """A submit or extend broke after the request may have reached the relay.
+    """A submit or extend may have created a paid generation, but its id is unknown.
 
-    It is never retried, because a second POST could pay for a second generation. Look at
-    the relay's task list before submitting again.
+    Raised for every outcome after the request may have reached the relay that does not
+    prove a refusal: a cut connection or timeout after sending, 408, 5xx, a gateway's 400,
+    an unreadable 2xx. It is never retried, because a second POST could pay for a second
+    generation. The flows keep it in the ledger as in doubt; see the module doc.
 
     Example:
         ```python

@@ -8,17 +8,19 @@ from typing import TYPE_CHECKING, Any
 
 from prefect.blocks.abstract import CredentialsBlock
 from prefect.types import SecretDict
-from pydantic import Field, SecretStr, field_validator
+from pydantic import ConfigDict, Field, HttpUrl, SecretStr, field_validator
 
 from luma_prefect._exceptions import LumaConfigurationError
 from luma_prefect._models import ApiStyle
-from luma_prefect.relay._client import LumaClient
+from luma_prefect._retry import RetryPolicy
+from luma_prefect.relay._check import CredentialsCheck, check_relay
+from luma_prefect.relay._client import LumaClient, check_base_url
 from luma_prefect.relay._routes import API_STYLES, normalise_prefix
 
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["LumaRelayCredentials"]
+__all__ = ["CredentialsCheck", "LumaRelayCredentials"]
 
 ENV_BASE_URL = "LUMA_RELAY_BASE_URL"
 ENV_API_KEY = "LUMA_RELAY_API_KEY"
@@ -28,27 +30,54 @@ ENV_VERIFY = "LUMA_RELAY_VERIFY"
 ENV_ALLOW_PRIVATE = "LUMA_RELAY_ALLOW_PRIVATE_MEDIA_HOSTS"
 _YES, _NO = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
+# Prefect's block schema takes only absolute http(s) URLs for both (pydantic HttpUrl: a
+# data: URI or a relative link fails at save time). Both point into this project's
+# repository: the logo is docs/logo.png, the docs are the README's block section.
+PROJECT_URL = "https://github.com/luma-prefect/luma-prefect"
+LOGO_URL = "https://raw.githubusercontent.com/luma-prefect/luma-prefect/main/docs/logo.png"
+DOCUMENTATION_URL = f"{PROJECT_URL}#the-lumarelaycredentials-block"
+
 
 class LumaRelayCredentials(CredentialsBlock):
     """Address, key and style of a Luma relay (or of Luma's own API).
 
     The key is a secret: it is stored encrypted by Prefect and never shown in `repr`, logs,
-    errors or artifacts.
+    errors or artifacts. `check()` (`acheck()` in async code) proves the settings with one
+    free read.
 
     Example:
-        Load saved credentials and query a generation:
+        Load saved credentials in sync code (in async code, `load` returns a coroutine:
+        use `await LumaRelayCredentials.aload("BLOCK_NAME")` there):
         ```python
         from luma_prefect import LumaRelayCredentials
 
         credentials = LumaRelayCredentials.load("BLOCK_NAME")
-        async with credentials.get_client() as client:
-            generation = await client.get_generation("4665a07c-7641-4809-a133-10786201bb56")
+        print(credentials.check())  # OK: https://... answers the generations style ...
+        ```
+
+        Query a generation from async code (an async flow or task, or `asyncio.run`):
+        ```python
+        import asyncio
+
+        from luma_prefect import LumaRelayCredentials
+
+        async def main() -> None:
+            credentials = await LumaRelayCredentials.aload("BLOCK_NAME")
+            print(await credentials.acheck())
+            async with credentials.get_client() as client:
+                generation = await client.get_generation("4665a07c-7641-4809-a133-10786201bb56")
+
+        asyncio.run(main())
         ```
     """
 
+    # A refused base_url with user:password@ must not be echoed back by pydantic's message.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
     _block_type_name = "Luma Relay Credentials"
     _block_type_slug = "luma-relay-credentials"
-    _documentation_url = "https://docs.lumalabs.ai/docs/api"
+    _logo_url = HttpUrl(LOGO_URL)
+    _documentation_url = HttpUrl(DOCUMENTATION_URL)
     _description = (
         "Address, key and style of a Luma Dream Machine relay, for the luma_prefect tasks "
         "and flows."
@@ -56,14 +85,18 @@ class LumaRelayCredentials(CredentialsBlock):
 
     base_url: str = Field(
         default=...,
+        title="Base URL",
         description="The relay's base URL, without the route prefix, e.g. https://yunwu.ai.",
         examples=["https://yunwu.ai"],
     )
     api_key: SecretStr = Field(
-        default=..., description="The relay key, sent as `Authorization: Bearer <key>`."
+        default=...,
+        title="API key",
+        description="The relay key, sent as `Authorization: Bearer <key>`.",
     )
     api_style: ApiStyle = Field(
         default="generations",
+        title="API style",
         description=(
             "How the relay exposes Luma: generations (most relays), task (wrapped answers, "
             "GET /task?id=), or official (Luma's own /dream-machine/v1 API)."
@@ -102,10 +135,12 @@ class LumaRelayCredentials(CredentialsBlock):
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
-        value = value.strip().rstrip("/")
-        if not value.lower().startswith(("http://", "https://")):
-            raise ValueError("base_url must start with http:// or https://")
-        return value
+        # Refuses user:password@ too: a block's base_url shows in `prefect block inspect`
+        # and in flow-run parameters, where a key has no place.
+        try:
+            return check_base_url(value)
+        except LumaConfigurationError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("route_prefix")
     @classmethod
@@ -156,6 +191,40 @@ class LumaRelayCredentials(CredentialsBlock):
             verify=self.verify,
             allow_private_hosts=self.allow_private_media_hosts,
         )
+
+    async def acheck(self, timeout_seconds: float = 15.0) -> CredentialsCheck:
+        """Prove the base URL, style and key with one free read (a query of a made-up id).
+
+        Never raises for a bad setting: the result says which one is wrong (`key`, `url` or
+        `style`) in one line. Two more reads only when the style looks wrong.
+
+        Example:
+            ```python
+            result = await credentials.acheck()
+            if not result.ok:
+                raise SystemExit(result.message)
+            ```
+        """
+        once = RetryPolicy(max_retries=0)
+        return await check_relay(
+            lambda style: self.get_client(api_style=style, retry=once),
+            self.api_style,
+            timeout_seconds=timeout_seconds,
+        )
+
+    def check(self, timeout_seconds: float = 15.0) -> CredentialsCheck:
+        """`acheck()` for sync code (in async code, `await credentials.acheck()`).
+
+        Example:
+            ```python
+            print(LumaRelayCredentials.load("luma-relay").check())
+            ```
+        """
+        from prefect.utilities.asyncutils import run_coro_as_sync
+
+        result = run_coro_as_sync(self.acheck(timeout_seconds))
+        assert result is not None
+        return result
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LumaRelayCredentials:

@@ -57,8 +57,6 @@ ASSET_NAMES: tuple[str, ...] = ("video", "thumbnail", "last_frame")
 VIDEO_SOURCES: tuple[str, ...] = ("video_raw", "download_url", "url")
 """Where the video may come from, watermark-free first."""
 DEFAULT_MAX_BYTES = 4 * 1024**3
-RETRY_DELAY_SECONDS = 0.25
-"""First pause before retrying a link that answered 429/5xx; doubles each time, at most 5 s."""
 RECORD_NAME = ".download.json"
 """Per generation folder: what was downloaded and verified (size, sha256, source)."""
 ProgressCallback = Callable[[str, int, int | None], Any]
@@ -159,6 +157,7 @@ class _Context:
     logger: Logger
     limits: TransferLimits
     clock: Clock
+    part_tag: str | None = None
 
 
 async def download_generation_files(
@@ -177,6 +176,7 @@ async def download_generation_files(
     logger: Logger | None = None,
     limits: TransferLimits | None = None,
     clock: Clock | None = None,
+    part_tag: str | None = None,
 ) -> DownloadedGeneration:
     """Download a completed generation's files into `storage`, under `<generation id>/`.
 
@@ -188,6 +188,8 @@ async def download_generation_files(
     `LumaRelayCredentials.get_media_client`), never one that carries the relay key; the
     default one verifies TLS and refuses private hosts. Each file has a total deadline and
     a stall check (`limits`, timed by `clock`). `logger` gets one INFO line per file written.
+    `part_tag` names the `.part` files after their holder (a claim's owner), so two
+    deliveries of one generation never write into the same part.
 
     Example:
         ```python
@@ -199,6 +201,8 @@ async def download_generation_files(
     """
     gid = check_generation_id(generation.id)
     _check_options(assets, video_sources, max_bytes, max_concurrent, chunk_size)
+    if part_tag is not None and not (part_tag.isascii() and part_tag.isalnum()):
+        raise LumaConfigurationError("part_tag must be ASCII letters and digits only.")
     if generation.state in (GenerationState.PENDING, GenerationState.PROCESSING):
         raise LumaDownloadError(
             f"Generation {gid} is {generation.state.value}, not completed: it has no files "
@@ -228,6 +232,7 @@ async def download_generation_files(
         logger=logger or _log,
         limits=limits or TransferLimits(),
         clock=clock or SystemClock(),
+        part_tag=part_tag,
     )
     try:
         # Every asset runs to its end, so the finished ones are recorded even if one fails.
@@ -357,7 +362,8 @@ async def _transfer(ctx: _Context, name: str, source: _Source) -> DownloadedAsse
             "scheme), so it was refused. The relay sent an unusable link: report it to them.",
             generation_id=ctx.gid,
         )
-    part = ctx.storage.open_part(f"{ctx.gid}/{name}")
+    tag = f".{ctx.part_tag}" if ctx.part_tag else ""
+    part = ctx.storage.open_part(f"{ctx.gid}/{name}{tag}")
     meta = {"kind": source.kind, "url": public_url(source.url)}
     old = await asyncio.to_thread(part.read_meta) or {}
     if {key: old.get(key) for key in meta} != meta:
@@ -451,8 +457,11 @@ async def _broke_off(
         ) from exc
     ctx.logger.debug("%s of %s broke off at %d: %r", name, ctx.gid, transfer.have, exc)
     if isinstance(exc, TransientError):
-        pause = min(RETRY_DELAY_SECONDS * 2**failures, 5.0)
-        await ctx.clock.sleep(max(min(pause, deadline - ctx.clock.monotonic()), 0.0))
+        # The one retry schedule: the relay client's policy, slept through its (injectable)
+        # sleep, never past the file's deadline.
+        client = ctx.links.client
+        pause = client.retry.delay(failures)
+        await client.sleep(max(min(pause, deadline - ctx.clock.monotonic()), 0.0))
     return failures
 
 

@@ -32,6 +32,20 @@ def parse_generations(body: Any) -> list[Generation]:
         generations = parse_generations(json.loads(Path("batch.json").read_text()))
         ```
     """
+    try:
+        return _parse_generations(body)
+    except LumaProtocolError:
+        raise
+    except (RecursionError, ValueError, TypeError) as exc:
+        # Hostile shapes (JSON nested thousands deep, odd types) are unreadable answers,
+        # never a crash of the caller.
+        raise LumaProtocolError(
+            f"The answer holds no readable generation ({type(exc).__name__}).",
+            body_excerpt=None,
+        ) from None
+
+
+def _parse_generations(body: Any) -> list[Generation]:
     if isinstance(body, Mapping) and "data" in body and "code" in body:
         body = body["data"]
     if isinstance(body, Mapping):

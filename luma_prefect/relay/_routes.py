@@ -85,6 +85,12 @@ class StyleRoutes:
         """POST of many ids at once, where the style has one."""
         return Route("POST", f"{self.prefix}/tasks") if self.style == "generations" else None
 
+    def list_recent(self, limit: int = 100) -> Route | None:
+        """GET of the newest generations, newest first; only the official API has one."""
+        if self.style != "official":
+            return None
+        return Route("GET", _OFFICIAL_ROOT, {"limit": str(limit), "offset": "0"})
+
     def download_url(self, generation_id: str) -> Route | None:
         """GET of the no-watermark link; the official API has none."""
         if self.style == "official":

@@ -106,6 +106,11 @@ class Relay(RelayBase):
             return self.not_found(call)
         view = self.state.view(generation_id, "query")
         assert view is not None
+        other = self.state.fire_fault(
+            (FaultKind.OTHER_GENERATION,), "query", self.state.target_of([generation_id])
+        )
+        if other is not None:
+            view = self.state.other_view(generation_id)
         obj = self.render(view)
         return self.answer(call, shapes.wrapped(obj) if self.style == "task" else obj)
 
@@ -201,6 +206,28 @@ class Relay(RelayBase):
         first_source = sources[0] if sources else None
         generation_id = self.state.submit(prompt, aspect_ratio, echo, model, first_source)
         return self._created(call, generation_id, 201)
+
+    async def official_list(self, request: Request) -> Response:
+        """`GET /dream-machine/v1/generations?limit&offset`: newest first, like Luma's API."""
+        call = self.begin(request, "list")
+        if isinstance(call, Response):
+            return call
+        try:
+            limit = max(1, min(int(request.query_params.get("limit", "10")), 100))
+            offset = max(0, int(request.query_params.get("offset", "0")))
+        except ValueError:
+            return self.answer(call, {"detail": "limit and offset must be integers"}, 400)
+        ids = list(reversed(self.state.ids()))
+        page = ids[offset : offset + limit]
+        views = [v for i in page if (v := self.state.view(i)) is not None]
+        body = {
+            "generations": [self.render(v) for v in views],
+            "count": len(views),
+            "has_more": offset + limit < len(ids),
+            "limit": limit,
+            "offset": offset,
+        }
+        return self.answer(call, body)
 
     # -- media -------------------------------------------------------------------------
 
@@ -298,6 +325,7 @@ def build_app(state: SimulatorState, base_url: str) -> tuple[Any, Relay]:
         root = "/dream-machine/v1/generations"
         routes = [
             Route(root, relay.official_submit, methods=["POST"]),
+            Route(root, relay.official_list, methods=["GET"]),
             Route(root + "/{generation_id}", relay.query, methods=["GET"]),
         ]
     else:

@@ -11,10 +11,11 @@ remote filesystems the part lives in a local staging folder and is uploaded with
 `put` on commit, so memory stays flat whatever the file size.
 
 `create_exclusive` (create-if-absent, for ledgers and locks) is atomic on local disks
-(`os.link` of a complete temporary file, or `O_EXCL`) and on `memory://`. On other fsspec
-filesystems it opens with mode `"xb"`: atomic only where the backend implements it as a
-conditional write (object stores with `If-None-Match: *`; check your backend's docs). Where
-`"xb"` is refused it falls back to check-then-write, which two writers can race.
+(`os.link` of a complete temporary file, or `O_EXCL`), on `memory://`, and on `s3://`
+(s3fs >= 2025.7: a PUT with `If-None-Match: *`, which the store decides; AWS S3, MinIO,
+R2 and moto honour it). On other fsspec filesystems it opens with mode `"xb"`, atomic only
+where the backend makes it so, and where `"xb"` is refused it checks, then writes; either
+way it warns once per filesystem that two writers may both win there.
 """
 
 from __future__ import annotations

@@ -50,9 +50,11 @@ def disk_error(exc: OSError, where: str) -> LumaDownloadError:
     if exc.errno == errno.ENOSPC:
         return LumaDownloadError(
             f"The disk is full: could not write {where}. Nothing was left under the final "
-            "name; free some space (or choose another destination) and run again."
+            "name. Free some space, then finish the generations already paid with "
+            "collect-pending (or `luma-prefect collect ID`); a new generate run would pay again."
         )
     return LumaDownloadError(
         f"Could not write {where} ({type(exc).__name__}: {exc}). Check that the destination "
-        "exists and is writable, then run again."
+        "exists and is writable, then finish the generations already paid with "
+        "collect-pending (or `luma-prefect collect ID`); a new generate run would pay again."
     )

@@ -29,6 +29,8 @@ from luma_prefect.delivery._publish import (
 )
 from luma_prefect.storage import storage_for
 from luma_prefect.tasks._common import (
+    DOWNLOAD_BACKSTOP_SECONDS,
+    PUBLISH_BACKSTOP_SECONDS,
     READ_OPTIONS,
     CredentialsInput,
     client_for,
@@ -47,7 +49,12 @@ def _download_run_name() -> str:
     return f"download-{generation_id}"
 
 
-@task(name="download-generation", task_run_name=_download_run_name, **READ_OPTIONS)
+@task(
+    name="download-generation",
+    task_run_name=_download_run_name,
+    timeout_seconds=DOWNLOAD_BACKSTOP_SECONDS,
+    **READ_OPTIONS,
+)
 async def download_generation(
     credentials: CredentialsInput,
     generation: Generation | str,
@@ -56,6 +63,7 @@ async def download_generation(
     video_sources: Sequence[str] = VIDEO_SOURCES,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_concurrent_downloads: int = 3,
+    part_tag: str | None = None,
 ) -> DownloadedGeneration:
     """Download a completed generation's files to `<destination>/<generation id>/`.
 
@@ -66,6 +74,8 @@ async def download_generation(
     are skipped with a warning when missing. Files stream to disk, are verified (length,
     sha256) and resumed with HTTP Range after a broken connection; expired links are
     refreshed once from the relay; a rerun reuses verified files without downloading.
+    `part_tag` (letters and digits) names the partial files after their holder, so two
+    concurrent deliveries of one generation never write into the same `.part`.
 
     Example:
         ```python
@@ -101,6 +111,7 @@ async def download_generation(
             max_concurrent=max_concurrent_downloads,
             http=http,
             logger=get_run_logger(),  # type: ignore[arg-type]
+            part_tag=part_tag,
         )
     return downloaded.model_copy(
         update={"relay_base_url": public_url(block.base_url), "relay_style": block.api_style}
@@ -111,6 +122,7 @@ async def download_generation(
     name="publish-generation",
     task_run_name="publish-{downloaded.generation.id}",
     cache_policy=NO_CACHE,
+    timeout_seconds=PUBLISH_BACKSTOP_SECONDS,
 )
 async def publish_generation(
     downloaded: DownloadedGeneration,

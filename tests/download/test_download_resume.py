@@ -15,7 +15,6 @@ import respx
 
 from luma_prefect import Generation, LumaClient, LumaDownloadError, VideoAsset
 from luma_prefect._urls import public_url
-from luma_prefect.delivery import _download
 from luma_prefect.delivery._download import download_generation_files
 from luma_prefect.simulator import Fault, FaultKind, RelaySimulator
 from luma_prefect.simulator._media import synthetic_bytes
@@ -260,16 +259,23 @@ async def test_a_transient_cdn_error_is_retried(
     monkeypatch: pytest.MonkeyPatch,
     http: httpx.AsyncClient,
 ) -> None:
-    monkeypatch.setattr(_download, "RETRY_DELAY_SECONDS", 0.0)
+    slept: list[float] = []
+
+    async def no_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
     generation = await completed()
     sim.add_fault(Fault(FaultKind.SERVER_ERROR, routes=("media",), status=503, times=1))
 
-    done = await download_generation_files(
-        client, generation, storage_for(dest), assets=("video",), http=http
-    )
+    # The retry pause is the relay client's RetryPolicy, slept through its injected sleep.
+    async with sim.credentials().get_client(sleep=no_sleep) as quiet:
+        done = await download_generation_files(
+            quiet, generation, storage_for(dest), assets=("video",), http=http
+        )
 
     assert done.assets["video"].bytes == SIZE
     assert sim.counters().media_requests_by_generation == {generation.id: 2}
+    assert len(slept) == 1 and 0.375 <= slept[0] <= 0.625  # RetryPolicy's first delay
 
 
 class _BreaksOff(httpx.AsyncByteStream):
