@@ -185,6 +185,7 @@ def _usage(sim: RelaySimulator) -> str:
         f"export LUMA_RELAY_API_KEY={sim.api_key}",
         f"export LUMA_RELAY_API_STYLE={sim.style}",
         f"export LUMA_RELAY_ROUTE_PREFIX={sim.route_prefix}",
+        "export LUMA_RELAY_ALLOW_PRIVATE_MEDIA_HOSTS=1  # its media links are on 127.0.0.1",
         "",
         "# submit (answers the new generation and its id):",
         f"curl -s -X POST {shlex.quote(root)} -H {auth} -H {json_header} -d {body}",
@@ -635,7 +636,9 @@ def resolve(
             typer.echo(f"Submit {intent.key} abandoned: it is no longer reported.")
             return
         gid = check_generation_id(generation_id)
-        ledger.resolve_submission(intent.key, Generation(id=gid, state=GenerationState.PENDING), "by hand")
+        ledger.resolve_submission(
+            intent.key, Generation(id=gid, state=GenerationState.PENDING), "by hand"
+        )
     except (LumaError, ValueError, OSError) as exc:
         _fail(str(exc))
     typer.echo(

@@ -6,8 +6,6 @@ import contextlib
 import errno
 import hashlib
 import json
-import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -16,10 +14,6 @@ from luma_prefect.storage._checks import check_relpath, disk_error
 __all__ = ["PartFile"]
 
 _HASH_BLOCK = 1024 * 1024
-try:  # pieces per writev call; POSIX guarantees at least 16, Linux allows 1024
-    _IOV_MAX = max(16, os.sysconf("SC_IOV_MAX"))
-except (AttributeError, ValueError, OSError):  # pragma: no cover - no sysconf, or no answer
-    _IOV_MAX = 16
 
 
 class PartFile:
@@ -69,10 +63,7 @@ class PartFile:
 
     @contextlib.contextmanager
     def writer(self, *, append: bool) -> Any:
-        """A `write(pieces)` function into the part, appending or starting over.
-
-        `pieces` is a sequence of bytes-like objects, written in order in one system call
-        where the platform has `writev` (no joining copy).
+        """A `write(data)` function into the part, appending or starting over.
 
         A write that fails (a full disk, an I/O error) removes the part and raises
         LumaDownloadError.
@@ -107,22 +98,11 @@ class PartFile:
                 path.unlink()
 
 
-def _write_chunk(file: BinaryIO, pieces: Sequence[bytes]) -> None:
+def _write_chunk(file: BinaryIO, data: bytes) -> None:
     # One seam for every streamed write (tests make it fail as a full disk would).
-    views = [memoryview(piece) for piece in pieces if piece]
-    if not hasattr(os, "writev"):  # pragma: no cover - Windows
-        for view in views:
-            while view:
-                view = view[_accepted(file.write(view)) :]
-        return
-    fd, first = file.fileno(), 0
-    while first < len(views):
-        written = _accepted(os.writev(fd, views[first : first + _IOV_MAX]))
-        while first < len(views) and written >= len(views[first]):
-            written -= len(views[first])
-            first += 1
-        if written:  # a short write (rare on files): the rest of that piece next time
-            views[first] = views[first][written:]
+    view = memoryview(data)
+    while view:
+        view = view[_accepted(file.write(view)) :]
 
 
 def _accepted(written: int | None) -> int:
@@ -138,9 +118,9 @@ class _Writer:
         self.file = file
         self.part = part
 
-    def __call__(self, pieces: Sequence[bytes]) -> None:
+    def __call__(self, data: bytes) -> None:
         try:
-            _write_chunk(self.file, pieces)
+            _write_chunk(self.file, data)
         except OSError as exc:
             self.file.close()
             self.part.discard()

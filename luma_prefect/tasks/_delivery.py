@@ -90,7 +90,10 @@ async def download_generation(
     """
     block = await resolve_credentials(credentials)
     storage = storage_for(destination)
-    async with await client_for(block) as client:
+    async with (
+        await client_for(block) as client,
+        block.get_media_client(max_concurrent_downloads) as http,
+    ):
         if not isinstance(generation, Generation):
             generation = (
                 Generation.model_validate(generation)
@@ -105,6 +108,7 @@ async def download_generation(
             video_sources=video_sources,
             max_bytes=max_bytes,
             max_concurrent=max_concurrent_downloads,
+            http=http,
             logger=get_run_logger(),
             part_tag=part_tag,
         )

@@ -78,7 +78,7 @@ def test_a_committed_part_is_uploaded_whole(machine: Callable[[], FsspecStorage]
     part = storage.open_part("gen-1/video")
     body = bytes(range(256)) * 4096
     with part.writer(append=False) as write:
-        write([body])
+        write(body)
     assert part.commit("gen-1/video.mp4") == f"{storage.root}/gen-1/video.mp4"
     assert storage.read_bytes("gen-1/video.mp4") == body
     assert storage.list() == ["gen-1/video.mp4"]
