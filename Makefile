@@ -23,6 +23,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check luma_prefect tests flows deployments bench
 	$(BIN)/ruff format --check luma_prefect tests flows deployments bench
+	$(BIN)/mypy luma_prefect
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_wait.py

@@ -17,8 +17,20 @@ LumaError                         anything this package raises on purpose
 └── LumaDownloadError             an asset could not be fetched or stored
 ```
 
-Each error says what happened, which generation, and what to do. None of them ever holds
-the relay key: messages are built from the relay's answer, never from our request headers.
+In doubt (`LumaSubmitUncertainError`): a paid submit counts as "not created" only when the
+answer proves the relay refused it before accepting it (401/403, 404/405, 413, 429, or a
+400/422 in the relay's own words naming no upstream trouble; a failure to connect). Every
+other outcome after the request may have reached the relay (408, 5xx, a gateway's 400, a
+timeout or a cut connection after sending, a 2xx that cannot be read) is in doubt: the relay
+may have created, and charged, a generation whose id nobody knows. An in-doubt submit is
+never sent again automatically; the ledger keeps it, `collect_pending` resolves it where it
+can (the submit's persisted Prefect result, an official relay's list of recent generations)
+and reports the rest (log, `luma.submit.in-doubt` event, `luma-submits-in-doubt` artifact);
+`luma-prefect resolve KEY --generation-id ID` or `--abandon` settles it by hand.
+
+Each error says what happened, which generation, and what to do, never an action that pays
+again. None of them ever holds the relay key: messages are built from the relay's answer,
+never from our request headers.
 """
 
 from __future__ import annotations
@@ -80,7 +92,10 @@ class LumaConfigurationError(LumaError, ValueError):
 
     Example:
         ```python
-        LumaClient("ftp://relay.example", "sk-...")  # raises LumaConfigurationError
+        try:
+            LumaClient("ftp://relay.example", "sk-...")
+        except LumaConfigurationError as exc:
+            print(exc)  # says what cannot work, and how to fix it
         ```
     """
 
@@ -92,6 +107,8 @@ class LumaTransportError(LumaError):
 
     Example:
         ```python
+        try:
+            generation = await client.get_generation(generation_id)
         except LumaTransportError:
             ...  # the network or the relay is down: try again later
         ```
@@ -99,13 +116,17 @@ class LumaTransportError(LumaError):
 
 
 class LumaSubmitUncertainError(LumaTransportError):
-    """A submit or extend broke after the request may have reached the relay.
+    """A submit or extend may have created a paid generation, but its id is unknown.
 
-    It is never retried, because a second POST could pay for a second generation. Look at
-    the relay's task list before submitting again.
+    Raised for every outcome after the request may have reached the relay that does not
+    prove a refusal: a cut connection or timeout after sending, 408, 5xx, a gateway's 400,
+    an unreadable 2xx. It is never retried, because a second POST could pay for a second
+    generation. The flows keep it in the ledger as in doubt; see the module doc.
 
     Example:
         ```python
+        try:
+            generation = await client.submit_generation(request)
         except LumaSubmitUncertainError as exc:
             print(exc)  # says what to check before resubmitting
         ```
@@ -117,6 +138,8 @@ class LumaProtocolError(LumaError):
 
     Example:
         ```python
+        try:
+            generation = await client.get_generation(generation_id)
         except LumaProtocolError as exc:
             print(exc.body_excerpt)  # the first characters of what came back
         ```
@@ -146,6 +169,8 @@ class LumaHTTPError(LumaError):
 
     Example:
         ```python
+        try:
+            generation = await client.get_generation(generation_id)
         except LumaHTTPError as exc:
             print(exc.status_code, exc.relay_message, exc.request_id)
         ```
@@ -173,6 +198,8 @@ class LumaAuthError(LumaHTTPError):
 
     Example:
         ```python
+        try:
+            generation = await client.get_generation(generation_id)
         except LumaAuthError:
             ...  # fix the key in the LumaRelayCredentials block
         ```
@@ -184,6 +211,8 @@ class LumaNotFoundError(LumaHTTPError):
 
     Example:
         ```python
+        try:
+            generation = await client.get_generation(generation_id)
         except LumaNotFoundError as exc:
             print(f"no generation {exc.generation_id} on this relay")
         ```
@@ -198,6 +227,8 @@ class LumaRateLimitError(LumaHTTPError):
 
     Example:
         ```python
+        try:
+            generation = await client.submit_generation(request)
         except LumaRateLimitError as exc:
             await asyncio.sleep(exc.retry_after or 5)
         ```
@@ -213,6 +244,8 @@ class LumaServerError(LumaHTTPError):
 
     Example:
         ```python
+        try:
+            generation = await client.get_generation(generation_id)
         except LumaServerError:
             ...  # reads were already retried; try again later
         ```
@@ -224,6 +257,8 @@ class LumaRequestError(LumaHTTPError):
 
     Example:
         ```python
+        try:
+            generation = await client.submit_generation(request)
         except LumaRequestError as exc:
             print(exc.relay_message)  # e.g. an unsupported aspect ratio
         ```
@@ -239,6 +274,10 @@ class LumaGenerationFailed(LumaError):
 
     Example:
         ```python
+        from luma_prefect.tasks import wait_for_generation
+
+        try:
+            done = await wait_for_generation("luma-relay", generation_id)
         except LumaGenerationFailed as exc:
             print(exc.generation.id, exc.failure_reason)
         ```
@@ -266,6 +305,10 @@ class LumaWaitTimeout(LumaError):
 
     Example:
         ```python
+        from luma_prefect.tasks import wait_for_generation
+
+        try:
+            done = await wait_for_generation("luma-relay", generation_id, timeout_seconds=900)
         except LumaWaitTimeout as exc:
             print(exc.generation_id, exc.generation and exc.generation.state)
         ```
@@ -300,6 +343,10 @@ class LumaDownloadError(LumaError):
 
     Example:
         ```python
+        from luma_prefect.tasks import download_generation
+
+        try:
+            await download_generation("luma-relay", generation_id, "./luma-output")
         except LumaDownloadError as exc:
             print(exc.generation_id, exc)
         ```

@@ -11,9 +11,16 @@ import json
 import re
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from luma_prefect._exceptions import LumaConfigurationError
 
@@ -22,6 +29,7 @@ __all__ = [
     "AspectRatio",
     "Asset",
     "Generation",
+    "GenerationId",
     "GenerationRequest",
     "GenerationState",
     "ImageAsset",
@@ -33,6 +41,29 @@ ApiStyle = Literal["generations", "task", "official"]
 
 AspectRatio = Literal["16:9", "9:16", "1:1", "4:3", "3:4", "21:9", "9:21"]
 """Aspect ratios every relay style accepts."""
+
+# Relays use uuids; allow any plain token, but never anything that can move in a path.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
+
+
+def check_generation_id(generation_id: object) -> str:
+    """The id itself when it is safe in a URL path and a folder name; else a clear error.
+
+    For ids that arrive unvalidated (plain strings given to the client); models and
+    parameters typed `GenerationId` are checked by pydantic already.
+    """
+    text = str(generation_id).strip() if generation_id is not None else ""
+    if not _SAFE_ID.match(text) or ".." in text:
+        raise LumaConfigurationError(
+            f"{str(generation_id)[:80]!r} is not a valid generation id: ids are letters, "
+            "digits, '-', '_', '.' and ':' (a uuid on every known relay), without '..' or '/'."
+        )
+    return text
+
+
+GenerationId = Annotated[str, AfterValidator(check_generation_id)]
+"""A generation id, checked (by pydantic, and Prefect for flow parameters) to be safe in a
+URL path and a folder name: letters, digits, `-_.:`, no `..` (a uuid on every relay)."""
 
 _STATE_WORDS: dict[str, str] = {
     **dict.fromkeys(("pending", "queued", "not_start", "submitted"), "pending"),
@@ -157,7 +188,7 @@ class Generation(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    id: str = Field(description="The generation's id (a uuid on every known relay).")
+    id: GenerationId = Field(description="The generation's id (a uuid on every known relay).")
     state: GenerationState = Field(description="The normalised state.")
     raw_state: str | None = Field(default=None, description="The relay's own state word.")
     prompt: str | None = None
@@ -365,25 +396,3 @@ class GenerationRequest(BaseModel):
         """
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-# Relays use uuids; allow any plain token, but never anything that can move in a path.
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
-
-
-def check_generation_id(generation_id: object) -> str:
-    """The id itself when it is safe in a URL path and a folder name; else a clear error.
-
-    Example:
-        ```python
-        check_generation_id("4665a07c-7641-4809-a133-10786201bb56")  # returned unchanged
-        check_generation_id("../etc")  # raises LumaConfigurationError
-        ```
-    """
-    text = str(generation_id).strip() if generation_id is not None else ""
-    if not _SAFE_ID.match(text) or ".." in text:
-        raise LumaConfigurationError(
-            f"{str(generation_id)[:80]!r} is not a valid generation id: ids are letters, "
-            "digits, '-', '_', '.' and ':' (a uuid on every known relay), without '..' or '/'."
-        )
-    return text

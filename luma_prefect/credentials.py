@@ -4,45 +4,81 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect.blocks.abstract import CredentialsBlock
 from prefect.types import SecretDict
-from pydantic import Field, SecretStr, field_validator
+from pydantic import ConfigDict, Field, HttpUrl, SecretStr, field_validator
 
 from luma_prefect._exceptions import LumaConfigurationError
 from luma_prefect._models import ApiStyle
-from luma_prefect.relay._client import LumaClient
+from luma_prefect._retry import RetryPolicy
+from luma_prefect.relay._check import CredentialsCheck, check_relay
+from luma_prefect.relay._client import LumaClient, check_base_url
 from luma_prefect.relay._routes import API_STYLES, normalise_prefix
 
-__all__ = ["LumaRelayCredentials"]
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["CredentialsCheck", "LumaRelayCredentials"]
 
 ENV_BASE_URL = "LUMA_RELAY_BASE_URL"
 ENV_API_KEY = "LUMA_RELAY_API_KEY"
 ENV_API_STYLE = "LUMA_RELAY_API_STYLE"
 ENV_ROUTE_PREFIX = "LUMA_RELAY_ROUTE_PREFIX"
+ENV_VERIFY = "LUMA_RELAY_VERIFY"
+ENV_ALLOW_PRIVATE = "LUMA_RELAY_ALLOW_PRIVATE_MEDIA_HOSTS"
+_YES, _NO = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+# Prefect's block schema takes only absolute http(s) URLs for both (pydantic HttpUrl: a
+# data: URI or a relative link fails at save time). Both point into this project's
+# repository: the logo is docs/logo.png, the docs are the README's block section.
+PROJECT_URL = "https://github.com/luma-prefect/luma-prefect"
+LOGO_URL = "https://raw.githubusercontent.com/luma-prefect/luma-prefect/main/docs/logo.png"
+DOCUMENTATION_URL = f"{PROJECT_URL}#the-lumarelaycredentials-block"
 
 
 class LumaRelayCredentials(CredentialsBlock):
     """Address, key and style of a Luma relay (or of Luma's own API).
 
     The key is a secret: it is stored encrypted by Prefect and never shown in `repr`, logs,
-    errors or artifacts.
+    errors or artifacts. `check()` (`acheck()` in async code) proves the settings with one
+    free read.
 
     Example:
-        Load saved credentials and query a generation:
+        Load saved credentials in sync code (in async code, `load` returns a coroutine:
+        use `await LumaRelayCredentials.aload("BLOCK_NAME")` there):
         ```python
+        import asyncio
         from luma_prefect import LumaRelayCredentials
 
         credentials = LumaRelayCredentials.load("BLOCK_NAME")
-        async with credentials.get_client() as client:
-            generation = await client.get_generation("4665a07c-7641-4809-a133-10786201bb56")
+        print(credentials.check())  # OK: https://... answers the generations style ...
+        ```
+
+        Query a generation from async code (an async flow or task, or `asyncio.run`):
+        ```python
+        import asyncio
+
+        from luma_prefect import LumaRelayCredentials
+
+        async def main() -> None:
+            credentials = await LumaRelayCredentials.aload("BLOCK_NAME")
+            print(await credentials.acheck())
+            async with credentials.get_client() as client:
+                generation = await client.get_generation("4665a07c-7641-4809-a133-10786201bb56")
+
+        asyncio.run(main())
         ```
     """
 
+    # A refused base_url with user:password@ must not be echoed back by pydantic's message.
+    model_config = ConfigDict(hide_input_in_errors=True)
+
     _block_type_name = "Luma Relay Credentials"
     _block_type_slug = "luma-relay-credentials"
-    _documentation_url = "https://docs.lumalabs.ai/docs/api"
+    _logo_url = HttpUrl(LOGO_URL)
+    _documentation_url = HttpUrl(DOCUMENTATION_URL)
     _description = (
         "Address, key and style of a Luma Dream Machine relay, for the luma_prefect tasks "
         "and flows."
@@ -50,14 +86,18 @@ class LumaRelayCredentials(CredentialsBlock):
 
     base_url: str = Field(
         default=...,
+        title="Base URL",
         description="The relay's base URL, without the route prefix, e.g. https://yunwu.ai.",
         examples=["https://yunwu.ai"],
     )
     api_key: SecretStr = Field(
-        default=..., description="The relay key, sent as `Authorization: Bearer <key>`."
+        default=...,
+        title="API key",
+        description="The relay key, sent as `Authorization: Bearer <key>`.",
     )
     api_style: ApiStyle = Field(
         default="generations",
+        title="API style",
         description=(
             "How the relay exposes Luma: generations (most relays), task (wrapped answers, "
             "GET /task?id=), or official (Luma's own /dream-machine/v1 API)."
@@ -77,14 +117,31 @@ class LumaRelayCredentials(CredentialsBlock):
         default=None,
         description="Extra HTTP headers sent with every request (kept secret), if any.",
     )
+    verify: bool | str = Field(
+        default=True,
+        description=(
+            "TLS verification for the relay and media links: true (the certifi bundle, or "
+            "SSL_CERT_FILE), false (not recommended), or the path of a CA bundle."
+        ),
+    )
+    allow_private_media_hosts: bool = Field(
+        default=False,
+        description=(
+            "Fetch media links (and their redirects) that point at private, loopback or "
+            "link-local addresses. Off by default: a relay cannot make the worker fetch "
+            "from its own network."
+        ),
+    )
 
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, value: str) -> str:
-        value = value.strip().rstrip("/")
-        if not value.lower().startswith(("http://", "https://")):
-            raise ValueError("base_url must start with http:// or https://")
-        return value
+        # Refuses user:password@ too: a block's base_url shows in `prefect block inspect`
+        # and in flow-run parameters, where a key has no place.
+        try:
+            return check_base_url(value)
+        except LumaConfigurationError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("route_prefix")
     @classmethod
@@ -111,14 +168,70 @@ class LumaRelayCredentials(CredentialsBlock):
             "timeout_seconds": self.timeout_seconds,
             "max_connections": self.max_connections,
             "extra_headers": {str(k): SecretStr(str(v)) for k, v in extra.items()},
+            "verify": self.verify,
         }
         settings.update(overrides)
         return LumaClient(self.base_url, self.api_key, **settings)
 
+    def get_media_client(self, max_connections: int = 3) -> httpx.AsyncClient:
+        """A client for the media links (CDN) of this relay's generations: never the key.
+
+        It verifies TLS as `verify` says and refuses private hosts unless
+        `allow_private_media_hosts`.
+
+        Example:
+            ```python
+            async with credentials.get_media_client() as http:
+                await download_generation_files(client, generation, storage, http=http)
+            ```
+        """
+        from luma_prefect.delivery._transfer import media_client
+
+        return media_client(
+            max_connections,
+            verify=self.verify,
+            allow_private_hosts=self.allow_private_media_hosts,
+        )
+
+    async def acheck(self, timeout_seconds: float = 15.0) -> CredentialsCheck:
+        """Prove the base URL, style and key with one free read (a query of a made-up id).
+
+        Never raises for a bad setting: the result says which one is wrong (`key`, `url` or
+        `style`) in one line. Two more reads only when the style looks wrong.
+
+        Example:
+            ```python
+            result = await credentials.acheck()
+            if not result.ok:
+                raise SystemExit(result.message)
+            ```
+        """
+        once = RetryPolicy(max_retries=0)
+        return await check_relay(
+            lambda style: self.get_client(api_style=style, retry=once),
+            self.api_style,
+            timeout_seconds=timeout_seconds,
+        )
+
+    def check(self, timeout_seconds: float = 15.0) -> CredentialsCheck:
+        """`acheck()` for sync code (in async code, `await credentials.acheck()`).
+
+        Example:
+            ```python
+            print(LumaRelayCredentials.load("luma-relay").check())
+            ```
+        """
+        from prefect.utilities.asyncutils import run_coro_as_sync
+
+        result = run_coro_as_sync(self.acheck(timeout_seconds))
+        assert result is not None
+        return result
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LumaRelayCredentials:
         """Credentials from `LUMA_RELAY_BASE_URL`, `LUMA_RELAY_API_KEY`, `LUMA_RELAY_API_STYLE`
-        and `LUMA_RELAY_ROUTE_PREFIX` (the last two optional).
+        and `LUMA_RELAY_ROUTE_PREFIX`, `LUMA_RELAY_VERIFY` (true, false or a CA bundle path)
+        and `LUMA_RELAY_ALLOW_PRIVATE_MEDIA_HOSTS` (1 to allow; all but the first two optional).
 
         Example:
             ```python
@@ -138,9 +251,15 @@ class LumaRelayCredentials(CredentialsBlock):
                 f"{ENV_API_STYLE}={style!r} is not a relay style: use one of "
                 f"{', '.join(API_STYLES)}."
             )
+        verify_text = (env.get(ENV_VERIFY) or "true").strip()
+        verify: bool | str = verify_text
+        if verify_text.lower() in _YES + _NO:
+            verify = verify_text.lower() in _YES
         return cls(
             base_url=env[ENV_BASE_URL],
             api_key=SecretStr(env[ENV_API_KEY]),
-            api_style=style,  # type: ignore[arg-type]
+            api_style=style,
             route_prefix=env.get(ENV_ROUTE_PREFIX) or "/luma",
+            verify=verify,
+            allow_private_media_hosts=(env.get(ENV_ALLOW_PRIVATE) or "").lower() in _YES,
         )

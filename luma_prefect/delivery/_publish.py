@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.events import emit_event
@@ -14,6 +15,7 @@ from prefect.events import emit_event
 from luma_prefect._models import Generation, GenerationRequest
 from luma_prefect._outcomes import DownloadedGeneration
 from luma_prefect._urls import public_url
+from luma_prefect.storage import Storage
 
 __all__ = [
     "EVENT_COMPLETED",
@@ -24,6 +26,7 @@ __all__ = [
     "create_batch_table",
     "create_summary_artifact",
     "emit_generation_event",
+    "mismatched_files",
 ]
 
 EVENT_COMPLETED = "luma.generation.completed"
@@ -34,13 +37,7 @@ MANIFEST_VERSION = 1
 
 
 def artifact_key(*parts: str) -> str:
-    """A Prefect artifact key: lowercase letters, digits and dashes only.
-
-    Example:
-        ```python
-        artifact_key("luma", "4665A07C_7641")  # "luma-4665a07c-7641"
-        ```
-    """
+    """A Prefect artifact key: lowercase letters, digits and dashes only."""
     key = re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower())
     return re.sub(r"-{2,}", "-", key).strip("-")[:100] or "luma"
 
@@ -52,14 +49,7 @@ def build_manifest(
     timeline: Mapping[str, datetime | None] | None = None,
     published_at: datetime | None = None,
 ) -> dict[str, Any]:
-    """The manifest written beside the files: what was asked, what came back, and where.
-
-    Example:
-        ```python
-        manifest = build_manifest(downloaded, request=GenerationRequest(prompt="a fox"))
-        manifest["assets"]["video"]["sha256"]
-        ```
-    """
+    """The manifest written beside the files: what was asked, what came back, and where."""
     generation = downloaded.generation
     relay_request = generation.raw.get("request")
     times: dict[str, datetime | None] = {
@@ -102,35 +92,45 @@ def build_manifest(
     }
 
 
-def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
-    """The manifest as pretty, stable UTF-8 JSON.
+def mismatched_files(storage: Storage, downloaded: DownloadedGeneration) -> list[str]:
+    """The assets whose stored file is not the one described (size, then sha256).
+
+    Checked before a generation is marked published: a file replaced since its download
+    (another holder's late write) must never stand under a manifest it does not match.
 
     Example:
         ```python
-        storage.write_bytes("abc/manifest.json", manifest_bytes(manifest))
+        assert mismatched_files(storage, downloaded) == []
         ```
     """
+    folder = downloaded.generation.id
+    bad = []
+    for name, asset in downloaded.assets.items():
+        relpath = f"{folder}/{asset.file_name}"
+        if storage.size(relpath) != asset.bytes or storage.sha256(relpath) != asset.sha256:
+            bad.append(name)
+    return bad
+
+
+def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
+    """The manifest as pretty, stable UTF-8 JSON."""
     return (json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n").encode()
 
 
 async def create_summary_artifact(
     downloaded: DownloadedGeneration, manifest_uri: str, key: str
 ) -> None:
-    """A markdown artifact: prompt, thumbnail, links to the files, timings.
-
-    Example:
-        ```python
-        await create_summary_artifact(downloaded, "file:///out/abc/manifest.json", "luma-abc")
-        ```
-    """
+    """A markdown artifact: prompt, thumbnail, links to the files, timings."""
     generation = downloaded.generation
-    lines = [f"# Luma generation `{generation.id}`", ""]
+    # Every string that came from the relay (prompt, links, kinds) is escaped or
+    # percent-encoded: a hostile relay must not inject markup into the artifact.
+    lines = [f"# Luma generation {_md(generation.id)}", ""]
     if generation.prompt:
         lines += [f"> {_md(generation.prompt)}", ""]
     thumbnail = downloaded.assets.get("thumbnail")
     # The relay's own link, without its signature: signed links must not reach artifacts.
     preview = (
-        public_url(generation.thumbnail.url)
+        _md_url(public_url(generation.thumbnail.url))
         if generation.thumbnail and generation.thumbnail.url
         else None
     )
@@ -139,10 +139,10 @@ async def create_summary_artifact(
     lines += ["| file | bytes | sha256 | source |", "|---|---:|---|---|"]
     for name, asset in downloaded.assets.items():
         lines.append(
-            f"| [{name}]({asset.path}) | {asset.bytes:,} | `{asset.sha256[:16]}…` "
-            f"| {asset.source_kind} |"
+            f"| [{_md(name)}]({_md_url(asset.path)}) | {asset.bytes:,} "
+            f"| {_md(asset.sha256[:16])}… | {_md(asset.source_kind)} |"
         )
-    lines += ["", f"Manifest: [{manifest_uri}]({manifest_uri})"]
+    lines += ["", f"Manifest: [{_md(manifest_uri)}]({_md_url(manifest_uri)})"]
     if generation.created_at and downloaded.downloaded_at:
         took = (downloaded.downloaded_at - generation.created_at).total_seconds()
         lines.append(f"From creation to files on disk: {took:.1f} s.")
@@ -156,13 +156,7 @@ async def create_summary_artifact(
 
 
 async def create_batch_table(rows: Sequence[Mapping[str, Any]], key: str) -> None:
-    """A table artifact with one row per generation of a batch.
-
-    Example:
-        ```python
-        await create_batch_table([{"generation_id": "abc", "outcome": "published"}], "luma-b")
-        ```
-    """
+    """A table artifact with one row per generation of a batch."""
     await acreate_table_artifact(
         table=[dict(row) for row in rows],
         key=key,
@@ -176,11 +170,6 @@ def emit_generation_event(
     """Emit a Prefect event about a generation, resource `luma.generation.<id>`.
 
     Automations can match it to start downstream deployments.
-
-    Example:
-        ```python
-        emit_generation_event(EVENT_COMPLETED, generation)
-        ```
     """
     resource = {
         "prefect.resource.id": f"luma.generation.{generation.id}",
@@ -200,4 +189,17 @@ def emit_generation_event(
 
 
 def _md(text: str) -> str:
-    return re.sub(r"([\\`*_\[\]<>|])", r"\\\1", text.replace("\n", " "))
+    """Plain text for markdown: every ASCII punctuation backslash-escaped (CommonMark
+    allows it for all of them), line breaks and other control characters made spaces."""
+    flat = re.sub(r"[\x00-\x1f\x7f]+", " ", str(text))
+    return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", flat)
+
+
+def _md_url(url: str) -> str:
+    """A link target that cannot break out of `(...)`: percent-encoded, and only http(s),
+    file or local paths (no `javascript:` nor `data:`); anything else becomes `#`."""
+    scheme = urlsplit(url).scheme.lower()
+    # "" is a local path; one letter is a Windows drive (C:\\out\\...).
+    if scheme not in ("http", "https", "file", "") and len(scheme) != 1:
+        return "#"
+    return quote(url, safe=":/@%-._~+=,;&?#")

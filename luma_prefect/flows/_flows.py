@@ -14,9 +14,7 @@ from prefect import flow, get_run_logger
 from luma_prefect._exceptions import LumaError
 from luma_prefect._models import AspectRatio, GenerationRequest
 from luma_prefect._outcomes import AssetName, GenerationOutcome, PublishedGeneration
-from luma_prefect.credentials import LumaRelayCredentials
 from luma_prefect.flows._steps import (
-    Destination,
     FailWhen,
     WaitOptions,
     collect,
@@ -24,14 +22,14 @@ from luma_prefect.flows._steps import (
     left_behind,
     report_batch,
     same_relay,
+    settle_in_doubt,
 )
 from luma_prefect.ledger._records import Ledger
 from luma_prefect.storage import storage_for
 from luma_prefect.tasks import resolve_credentials
+from luma_prefect.tasks._common import CredentialsInput, Destination
 
 __all__ = ["collect_generations", "collect_pending", "generate_video", "generate_videos"]
-
-CredentialsInput = LumaRelayCredentials | str
 
 DEFAULT_CREDENTIALS = "luma-relay"
 DEFAULT_DESTINATION = "luma-output"
@@ -73,7 +71,8 @@ async def generate_video(
         poll_interval_seconds: First interval between polls; it grows up to the maximum.
         max_poll_interval_seconds: Longest interval between polls.
         assets: Files to download: video, thumbnail, last_frame.
-        idempotency_key: Set a new value to submit an equal request again in one flow run.
+        idempotency_key: Optional. Without it, the request is paid once per run, whatever
+            retries it; the same key is the same paid submit in any run; a new key pays anew.
 
     Example:
         ```python
@@ -122,6 +121,7 @@ async def generate_videos(
     max_poll_interval_seconds: float = 30.0,
     assets: list[AssetName] = list(DEFAULT_ASSETS),  # noqa: B006
     fail_when: FailWhen = "all",
+    idempotency_key: str | None = None,
 ) -> list[GenerationOutcome]:
     """Generate many videos at once, at most `max_concurrent` in flight.
 
@@ -135,6 +135,8 @@ async def generate_videos(
         max_poll_interval_seconds: Longest interval between polls.
         assets: Files to download: video, thumbnail, last_frame.
         fail_when: End the flow run Failed when all, any, or never of the generations fail.
+        idempotency_key: Optional. Each item is paid once per run (retries included); with
+            a key, once per key and item position in any run.
 
     Example:
         ```python
@@ -154,7 +156,13 @@ async def generate_videos(
     async def one(position: int, request: GenerationRequest) -> GenerationOutcome:
         async with gate:
             return await generate_one(
-                block, request, destination, options, list(assets), f"item-{position}"
+                block,
+                request,
+                destination,
+                options,
+                list(assets),
+                idempotency_key,
+                position=f"item-{position}",
             )
 
     outcomes = list(
@@ -220,7 +228,11 @@ async def collect_pending(
     """Finish every generation in the destination's ledger that is not yet published.
 
     Picks up what a crashed or timed-out run left behind, whoever submitted it; safe to run
-    on a schedule, also twice at once (claims keep one publish per generation).
+    on a schedule, also twice at once (claims keep one publish per generation). Submits in
+    doubt (the relay may have created a generation nobody recorded) are resolved where the
+    submit's persisted result or the relay's list of recent generations tells, and every
+    other one is reported: log, `luma.submit.in-doubt` event, `luma-submits-in-doubt`
+    artifact. Resolve those with `luma-prefect resolve`.
 
     Args:
         credentials: A LumaRelayCredentials block, or the name of a saved one.
@@ -241,6 +253,8 @@ async def collect_pending(
     block = await resolve_credentials(credentials)
     logger = get_run_logger()
     ledger = Ledger(storage_for(destination))
+    # First the submits whose outcome is unknown: resolved ones join the records below.
+    await settle_in_doubt(block, ledger, destination)
     records = ledger.unfinished()
     mine = [r for r in records if same_relay(r, block) and await left_behind(ledger, r)]
     if len(mine) < len(records):

@@ -7,19 +7,26 @@ Prefect tasks and the ledger; every generation-level error becomes a `Generation
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import os
+import re
+import shlex
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 from prefect import get_run_logger
+from prefect.artifacts import acreate_markdown_artifact
 from prefect.client.orchestration import get_client
-from prefect.filesystems import LocalFileSystem, RemoteFileSystem
+from prefect.events import emit_event
+from prefect.results import get_result_store
 from prefect.runtime import flow_run as current_flow_run
 
 from luma_prefect._exceptions import (
+    LumaDownloadError,
     LumaError,
     LumaGenerationFailed,
     LumaNotFoundError,
@@ -33,11 +40,20 @@ from luma_prefect.credentials import LumaRelayCredentials
 from luma_prefect.delivery._publish import (
     EVENT_COMPLETED,
     EVENT_FAILED,
+    MANIFEST_NAME,
     artifact_key,
     create_batch_table,
     emit_generation_event,
+    mismatched_files,
 )
-from luma_prefect.ledger._records import Ledger, LedgerRecord
+from luma_prefect.ledger._claims import Lease
+from luma_prefect.ledger._identity import (
+    identity_lock,
+    relay_identity,
+    result_key,
+    root_flow_run_id,
+)
+from luma_prefect.ledger._records import Ledger, LedgerRecord, SubmitIntent
 from luma_prefect.storage import storage_for
 from luma_prefect.tasks import (
     download_generation,
@@ -46,8 +62,11 @@ from luma_prefect.tasks import (
     wait_for_generation,
     wait_for_generations,
 )
+from luma_prefect.tasks._common import WAIT_BACKSTOP_MARGIN_SECONDS, Destination
 
 __all__ = [
+    "LEASE",
+    "LumaClaimLost",
     "WaitOptions",
     "collect",
     "deliver",
@@ -57,13 +76,23 @@ __all__ = [
     "same_relay",
 ]
 
-Destination = str | LocalFileSystem | RemoteFileSystem
 FailWhen = Literal["all", "any", "never"]
 
-_CLAIM_TTL = timedelta(minutes=15)
-# Longer than any wait's default timeout (30 min): a record this still belongs to nobody.
-_STUCK_AFTER = timedelta(hours=1)
+# A claim is a lease renewed while its holder waits and delivers: a holder silent for this
+# long (or dead) loses it; a live one keeps it however long the wait or download takes.
+LEASE = timedelta(minutes=2)
+RENEW_EVERY = LEASE / 4
+# A submit POST has a total deadline of seconds; an intent still "sending" this long after
+# it started, in a run that still looks alive, belongs to nobody any more.
+_SENDING_STUCK_AFTER = timedelta(hours=1)
 _FINAL_RUN_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+EVENT_SUBMIT_IN_DOUBT = "luma.submit.in-doubt"
+# How the lease heartbeat sleeps between renewals; tests replace it.
+heartbeat_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+
+class LumaClaimLost(LumaError):
+    """Another holder took this generation over (this one was silent past its lease)."""
 
 
 class WaitOptions:
@@ -74,7 +103,7 @@ class WaitOptions:
         self.poll_interval_seconds = poll
         self.max_poll_interval_seconds = max(max_poll, poll)
 
-    def as_kwargs(self) -> dict[str, float]:
+    def as_kwargs(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
@@ -85,21 +114,72 @@ async def generate_one(
     options: WaitOptions,
     assets: list[AssetName],
     idempotency_key: str | None,
+    position: str | None = None,
 ) -> GenerationOutcome:
-    """Submit (once), wait, deliver one generation; generation-level errors become outcomes."""
+    """Submit (once), wait, deliver one generation; generation-level errors become outcomes.
+
+    `position` tells apart the items of one batch (`item-3`) inside the run's identity.
+    """
     ledger = Ledger(storage_for(destination))
     try:
-        generation_id = await _submit_once(block, request, ledger, idempotency_key)
+        generation_id = await _submit_once(
+            block, request, ledger, idempotency_key, position, destination
+        )
     except LumaError as exc:
         get_run_logger().error("Submitting %r failed: %s", request.prompt or "", exc)
         return GenerationOutcome(
             generation_id=exc.generation_id or "", status="error", error=str(exc)
         ).with_exception(exc)
+    # The claim is held (and renewed) from the wait on: a sweep sees a live holder and
+    # leaves the generation alone however long the wait takes.
+    lease = await _take(ledger, generation_id, _owner())
     try:
-        generation = await wait_for_generation(block, generation_id, **options.as_kwargs())
-    except LumaError as exc:
-        return _ended(ledger, generation_id, exc)
-    return await deliver(block, generation, destination, ledger, assets, request)
+        async with _holding(ledger, lease):
+            try:
+                generation = await _wait_one(block, generation_id, options)
+            except LumaError as exc:
+                return _ended(ledger, generation_id, exc)
+            return await deliver(
+                block, generation, destination, ledger, assets, request, lease=lease
+            )
+    except Exception as exc:  # a lost claim, or anything the steps did not expect
+        return _failed(generation_id, None, exc)
+    finally:
+        await _release(ledger, lease)
+
+
+async def _wait_one(
+    block: LumaRelayCredentials, generation_id: str, options: WaitOptions
+) -> Generation:
+    # Prefect's timeout as a backstop: the wait's own deadline plus room for the last poll.
+    bounded = wait_for_generation.with_options(
+        timeout_seconds=options.timeout_seconds + WAIT_BACKSTOP_MARGIN_SECONDS
+    )
+    return await bounded(block, generation_id, **options.as_kwargs())
+
+
+async def submit_scope(idempotency_key: str | None, position: str | None = None) -> str:
+    """The scope of a submit's identity: the user's key, else the root flow run (+ item)."""
+    if idempotency_key:
+        scope = f"key:{idempotency_key}"
+    else:
+        flow_run_id = current_flow_run.id
+        if not flow_run_id:
+            scope = f"process:{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
+        else:
+            try:
+                scope = f"run:{await root_flow_run_id(flow_run_id)}"
+            except Exception as exc:  # the Prefect API: without the chain, no safe identity
+                raise LumaError(
+                    "Could not read this flow run's parents from the Prefect API "
+                    f"({type(exc).__name__}), so the submit's identity is unknown; nothing was "
+                    "sent. Check the Prefect API and run again."
+                ) from exc
+    return f"{scope}/{position}" if position else scope
+
+
+def relay_of(block: LumaRelayCredentials) -> str:
+    return relay_identity(block.base_url, block.api_style, block.route_prefix)
 
 
 async def _submit_once(
@@ -107,53 +187,169 @@ async def _submit_once(
     request: GenerationRequest,
     ledger: Ledger,
     idempotency_key: str | None,
+    position: str | None,
+    destination: Destination,
 ) -> str:
     logger = get_run_logger()
-    flow_run_id = current_flow_run.id
-    key = Ledger.submit_key(
-        str(flow_run_id or f"no-flow-run-{time.time_ns()}"),
-        f"{block.base_url}|{block.api_style}|{block.route_prefix}",
-        request,
-        idempotency_key,
-    )
-    if flow_run_id:
-        recorded = ledger.find_submission(key)
-        if recorded:
-            logger.info("Reusing generation %s submitted earlier in this flow run.", recorded)
-            return recorded
-        if ledger.submission_in_doubt(key):
-            raise LumaSubmitUncertainError(
-                "An earlier attempt of this flow run to submit this request broke off after "
-                "it may have reached the relay, so it is not submitted again (that could pay "
-                f"twice). Look at the relay's task list at {public_url(block.base_url)}; to "
-                "submit anew on purpose, pass a new idempotency_key."
+    flow_run_id = str(current_flow_run.id) if current_flow_run.id else None
+    scope = await submit_scope(idempotency_key, position)
+    key = Ledger.submit_key(scope, relay_of(block), request)
+    persisted_at = result_key(submit_generation.name, key)
+    async with identity_lock(key):
+        intent = ledger.submission(key)
+        if intent is not None and intent.generation_id:
+            _say_reused(intent.generation_id, scope)
+            return intent.generation_id
+        if intent is not None and intent.in_doubt:
+            generation = await persisted_submit(intent.result_key or persisted_at)
+            if generation is None:
+                raise LumaSubmitUncertainError(
+                    "An earlier attempt of this run to submit this request broke off after it "
+                    "may have reached the relay, so it is not sent again (that could pay "
+                    f"twice). {resolve_advice(key, destination, block)}",
+                    generation_id=None,
+                )
+            _resolve(
+                ledger,
+                key,
+                generation,
+                "the submit task's persisted Prefect result",
+                flow_run_id=flow_run_id,
             )
-        ledger.begin_submission(key, str(flow_run_id))
-    try:
-        generation = await submit_generation(block, request, idempotency_key)
-    except LumaSubmitUncertainError:
-        raise  # the intent stays recorded: a retried run will not pay twice
-    except LumaError:
-        ledger.abandon_submission(key)  # refused or never sent: nothing was created
-        raise
-    try:
-        ledger.record_submitted(
-            generation,
-            key=key,
+            logger.info(
+                "Generation %s was submitted by an earlier attempt of this run (found in its "
+                "persisted Prefect result): it is reused, not paid again.",
+                generation.id,
+            )
+            return generation.id
+        ledger.begin_submission(
+            key,
+            flow_run_id,
             request=request,
-            flow_run_id=str(flow_run_id) if flow_run_id else None,
+            scope=scope,
             relay_base_url=public_url(block.base_url),  # never user:password
             relay_style=block.api_style,
+            result_key=persisted_at,
         )
+        try:
+            generation = await submit_generation(block, request, scope)
+        except LumaSubmitUncertainError as exc:
+            # The intent stays: never re-sent automatically, reported by every sweep.
+            with contextlib.suppress(LumaError, OSError):
+                ledger.submission_uncertain(key, str(exc))
+            emit_in_doubt(ledger.submission(key) or SubmitIntent(key=key), str(exc))
+            raise LumaSubmitUncertainError(
+                f"{exc} {resolve_advice(key, destination, block)}", generation_id=None
+            ) from exc
+        except LumaError:
+            ledger.abandon_submission(key)  # refused before acceptance: nothing was created
+            raise
+        try:
+            ledger.record_submitted(
+                generation,
+                key=key,
+                request=request,
+                flow_run_id=flow_run_id,
+                relay_base_url=public_url(block.base_url),  # never user:password
+                relay_style=block.api_style,
+            )
+        except (OSError, LumaError) as exc:
+            # The generation is paid for: never fail it because the ledger could not be
+            # written. Its intent stays `sending`; a sweep resolves it from Prefect's result.
+            logger.error(
+                "Could not record generation %s in the ledger (%s); it goes on. If this run "
+                "dies, `luma-prefect collect %s` finishes it (never submit it again).",
+                generation.id,
+                exc,
+                generation.id,
+            )
+    return generation.id
+
+
+_TOLD_REUSE: set[str] = set()
+
+
+def _say_reused(generation_id: str, scope: str) -> None:
+    """Log (once per run scope) why an equal submit did not create a generation."""
+    logger = get_run_logger()
+    if scope in _TOLD_REUSE:
+        logger.info("Reusing generation %s (an equal request of this run).", generation_id)
+        return
+    _TOLD_REUSE.add(scope)
+    logger.info(
+        "Reusing generation %s: an equal request was already submitted in this run (by an "
+        "earlier attempt or an equal call), and one request is paid once per run. To get "
+        "another generation of an equal request, pass a different idempotency_key.",
+        generation_id,
+    )
+
+
+def _resolve(
+    ledger: Ledger,
+    key: str,
+    generation: Generation,
+    how: str,
+    *,
+    flow_run_id: str | None = None,
+) -> None:
+    try:
+        ledger.resolve_submission(key, generation, how, flow_run_id=flow_run_id)
     except (OSError, LumaError) as exc:
-        # The generation is paid for: never fail it because the ledger could not be written.
-        logger.error(
-            "Could not record generation %s in the ledger (%s); it goes on, but a crash now "
-            "would leave it to be collected by id.",
+        get_run_logger().error(
+            "Could not record generation %s in the ledger (%s); `luma-prefect collect %s` "
+            "finishes it.",
             generation.id,
             exc,
+            generation.id,
         )
-    return generation.id
+
+
+def _destination_label(destination: Destination) -> str:
+    if isinstance(destination, str):
+        return destination
+    return str(getattr(destination, "basepath", "") or type(destination).__name__)
+
+
+def resolve_advice(key: str, destination: Destination, block: LumaRelayCredentials) -> str:
+    """What a user does about an in-doubt submit: never anything that pays again."""
+    where = shlex.quote(_destination_label(destination))
+    return (
+        f"Nothing is lost: collect-pending reports it (submit {key}). Look for it in the "
+        f"relay's task list at {public_url(block.base_url)}, then run `luma-prefect resolve "
+        f"{key[:12]} --destination {where} --generation-id ID` to collect it, or `--abandon` "
+        "if the relay created nothing."
+    )
+
+
+async def persisted_submit(key: str) -> Generation | None:
+    """The submit task's result Prefect persisted under `key`, if this machine can read it."""
+    try:
+        store = await get_result_store().aupdate_for_task(submit_generation)
+        if not await store.aexists(key):
+            return None
+        result = (await store.aread(key)).result
+    except Exception as exc:  # unreadable storage is "not found", never a crash of the run
+        get_run_logger().debug("No persisted submit result %s: %r", key, exc)
+        return None
+    return result if isinstance(result, Generation) else None
+
+
+def emit_in_doubt(intent: SubmitIntent, reason: str | None = None) -> None:
+    """Emit `luma.submit.in-doubt` for one submit whose outcome is unknown."""
+    emit_event(
+        event=EVENT_SUBMIT_IN_DOUBT,
+        resource={
+            "prefect.resource.id": f"luma.submit.{intent.key}",
+            "prefect.resource.name": (intent.prompt or intent.key)[:120],
+        },
+        payload={
+            "key": intent.key,
+            "since": intent.at,
+            "flow_run_id": intent.flow_run_id,
+            "relay": intent.relay_base_url,
+            "reason": reason or intent.reason or "the run stopped before the answer was recorded",
+        },
+    )
 
 
 async def collect(
@@ -181,16 +377,25 @@ async def collect(
     deadline = time.monotonic() + options.timeout_seconds
     while remaining:
         left = max(deadline - time.monotonic(), 0.001)
-        results = await wait_for_generations(
-            block,
-            remaining,
-            timeout_seconds=left,
-            poll_interval_seconds=options.poll_interval_seconds,
-            max_poll_interval_seconds=options.max_poll_interval_seconds,
-            batch_size=batch_size,
-            return_exceptions=True,
-            return_when="first",
-        )
+        try:
+            results = await wait_for_generations.with_options(
+                timeout_seconds=left + WAIT_BACKSTOP_MARGIN_SECONDS
+            )(
+                block,
+                remaining,
+                timeout_seconds=left,
+                poll_interval_seconds=options.poll_interval_seconds,
+                max_poll_interval_seconds=options.max_poll_interval_seconds,
+                batch_size=batch_size,
+                return_exceptions=True,
+                return_when="first",
+            )
+        except Exception as exc:
+            # A wait that broke as a whole (a refused key, a backstop timeout): each id
+            # still pending gets that as its outcome; those delivered keep theirs.
+            for generation_id in remaining:
+                outcomes[generation_id] = _failed(generation_id, None, exc)
+            break
         settled = [(i, r) for i, r in zip(remaining, results, strict=True) if r is not None]
         ready = [r for _, r in settled if isinstance(r, Generation)]
         for generation_id, result in settled:
@@ -200,9 +405,15 @@ async def collect(
             *(
                 deliver(block, g, destination, ledger, assets, None, skip_published=skip_published)
                 for g in ready
-            )
+            ),
+            return_exceptions=True,
         )
-        outcomes.update((o.generation_id, o) for o in delivered)
+        for generation, done in zip(ready, delivered, strict=True):
+            if isinstance(done, BaseException):
+                if not isinstance(done, Exception):
+                    raise done  # cancellation, KeyboardInterrupt: not a generation's outcome
+                done = _failed(generation.id, generation, done)
+            outcomes[done.generation_id] = done
         remaining = [i for i, r in zip(remaining, results, strict=True) if r is None]
     return [outcomes[i] for i in dict.fromkeys(generation_ids)]
 
@@ -216,18 +427,26 @@ async def deliver(
     request: GenerationRequest | None,
     *,
     skip_published: bool = False,
+    lease: Lease | None = None,
 ) -> GenerationOutcome:
     """Claim, download, publish; one publish per generation even with concurrent sweeps.
 
+    The claim is a lease renewed while the delivery works; the part files are named after
+    their holder, and the lease is checked before publishing and before marking published,
+    so a holder taken over never writes over the new one. Files are checked against what
+    the manifest says before the generation is marked published; a mismatch is repaired by
+    downloading again. Whatever goes wrong becomes this generation's outcome.
+
     `skip_published`: sweeps leave alone what another run published meanwhile; an explicit
     collect of a published generation re-verifies its files and publishes it again.
+    `lease`: a claim the caller holds (and renews) already.
     """
     logger = get_run_logger()
-    owner = str(current_flow_run.id or f"{socket.gethostname()}-{os.getpid()}")
-    claimed = False
+    own = lease is None
     try:
-        claimed = await _claim(ledger, generation.id, owner)
-        if not claimed:
+        if lease is None:
+            lease = await _take(ledger, generation.id, _owner())
+        if lease is None:
             holder = ledger.claim_owner(generation.id)
             message = (
                 f"Generation {generation.id} is being published by flow run {holder} right "
@@ -238,47 +457,170 @@ async def deliver(
             return GenerationOutcome(
                 generation_id=generation.id, status="error", generation=generation, error=message
             )
-        record = ledger.get(generation.id)
-        if skip_published and record is not None and record.status == "published":
-            logger.info("Generation %s was already published; skipping it.", generation.id)
-            return GenerationOutcome(
-                generation_id=generation.id, status="published", generation=generation
+        async with _holding(ledger, lease) if own else contextlib.nullcontext():
+            return await _deliver_held(
+                block, generation, destination, ledger, assets, request, skip_published, lease
             )
-        ledger.mark(generation.id, "completed")
-        emit_generation_event(EVENT_COMPLETED, generation)
-        downloaded = await download_generation(block, generation, destination, assets=assets)
+    except Exception as exc:
+        # Anything (a redirect loop, a bad gzip body, JSON nested too deep...) is this
+        # generation's outcome, never the end of the other generations of the run.
+        return _failed(generation.id, generation, exc)
+    finally:
+        if own:
+            await _release(ledger, lease)
+
+
+async def _deliver_held(
+    block: LumaRelayCredentials,
+    generation: Generation,
+    destination: Destination,
+    ledger: Ledger,
+    assets: list[AssetName],
+    request: GenerationRequest | None,
+    skip_published: bool,
+    lease: Lease,
+) -> GenerationOutcome:
+    logger = get_run_logger()
+    record = ledger.get(generation.id)
+    if skip_published and record is not None and record.status == "published":
+        logger.info("Generation %s was already published; skipping it.", generation.id)
+        return GenerationOutcome(
+            generation_id=generation.id, status="published", generation=generation
+        )
+    ledger.mark(generation.id, "completed")
+    emit_generation_event(EVENT_COMPLETED, generation)
+    storage = storage_for(destination)
+    tag = hashlib.sha256(lease.owner.encode()).hexdigest()[:12]
+    for _attempt in range(2):
+        downloaded = await download_generation(
+            block, generation, destination, assets=assets, part_tag=tag
+        )
         ledger.mark(generation.id, "downloaded")
+        await _check_held(ledger, lease)
         published = await publish_generation(
             downloaded,
             destination=destination,
             request=request or _recorded_request(record),
             timeline=record.times() if record else None,
         )
-        ledger.mark(generation.id, "published")
-        return GenerationOutcome(
-            generation_id=generation.id,
-            status="published",
-            published=published,
-            generation=generation,
+        bad = await asyncio.to_thread(mismatched_files, storage, downloaded)
+        if not bad:
+            break
+        # A file changed after its download (a late write of another holder, a disk
+        # fault): never mark published what the manifest does not describe.
+        logger.warning(
+            "The %s of generation %s no longer match the manifest; downloading again.",
+            ", ".join(bad),
+            generation.id,
         )
-    except (LumaError, OSError) as exc:
-        logger.error("Generation %s was not published: %s", generation.id, exc)
-        return GenerationOutcome(
-            generation_id=generation.id, status="error", generation=generation, error=str(exc)
-        ).with_exception(exc)
+        for name in bad:
+            await asyncio.to_thread(
+                storage.delete, f"{generation.id}/{downloaded.assets[name].file_name}"
+            )
+    else:
+        # No manifest may describe files it does not match.
+        await asyncio.to_thread(storage.delete, f"{generation.id}/{MANIFEST_NAME}")
+        raise LumaDownloadError(
+            f"The {', '.join(bad)} of generation {generation.id} kept differing from its "
+            "manifest (size or sha256) after a fresh download. Check the destination's "
+            "disk and that no other program writes there, then collect it again.",
+            generation_id=generation.id,
+            retryable=True,
+        )
+    await _check_held(ledger, lease)
+    ledger.mark(generation.id, "published")
+    return GenerationOutcome(
+        generation_id=generation.id,
+        status="published",
+        published=published,
+        generation=generation,
+    )
+
+
+def _owner() -> str:
+    return str(current_flow_run.id or f"{socket.gethostname()}-{os.getpid()}")
+
+
+async def _take(ledger: Ledger, generation_id: str, owner: str) -> Lease | None:
+    try:
+        return await _claim(ledger, generation_id, owner)
+    except (OSError, LumaError) as exc:
+        get_run_logger().error("Could not claim generation %s: %s", generation_id, exc)
+        return None
+
+
+async def _release(ledger: Ledger, lease: Lease | None) -> None:
+    if lease is None:
+        return
+    try:
+        await asyncio.to_thread(ledger.release, lease.generation_id, lease)
+    except (OSError, LumaError) as exc:
+        # The lease then runs out by itself.
+        get_run_logger().warning("Could not release generation %s: %s", lease.generation_id, exc)
+
+
+async def _check_held(ledger: Ledger, lease: Lease) -> None:
+    if not await asyncio.to_thread(ledger.holds, lease):
+        raise LumaClaimLost(_lost_message(lease), generation_id=lease.generation_id)
+
+
+def _lost_message(lease: Lease) -> str:
+    return (
+        f"Generation {lease.generation_id} was taken over by another run while this one "
+        f"was silent for longer than its {LEASE.total_seconds():.0f} s lease; that run "
+        "finishes it. Nothing to do here."
+    )
+
+
+@contextlib.asynccontextmanager
+async def _holding(ledger: Ledger, lease: Lease | None) -> AsyncIterator[None]:
+    """Renew `lease` every RENEW_EVERY while the body runs; when it is lost (taken over,
+    released), the body is cancelled at once and LumaClaimLost raised instead."""
+    if lease is None:
+        yield
+        return
+    body = asyncio.current_task()
+    lost = False
+
+    async def beat() -> None:
+        nonlocal lost
+        while True:
+            await heartbeat_sleep(RENEW_EVERY.total_seconds())
+            try:
+                renewed = await asyncio.to_thread(ledger.renew, lease)
+            except (OSError, LumaError) as exc:
+                # Not known lost: the fence before publishing decides.
+                get_run_logger().warning("Could not renew the claim: %s", exc)
+                continue
+            if not renewed:
+                lost = True
+                if body is not None:
+                    body.cancel()
+                return
+
+    beater = asyncio.create_task(beat())
+    try:
+        yield
+    except asyncio.CancelledError:
+        if not lost or body is None:
+            raise
+        body.uncancel()
+        raise LumaClaimLost(_lost_message(lease), generation_id=lease.generation_id) from None
     finally:
-        if claimed:
-            ledger.release(generation.id, owner)
+        beater.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beater
 
 
-async def _claim(ledger: Ledger, generation_id: str, owner: str) -> bool:
-    if ledger.claim(generation_id, owner, stale_after=_CLAIM_TTL):
-        return True
+async def _claim(ledger: Ledger, generation_id: str, owner: str) -> Lease | None:
+    lease = await asyncio.to_thread(ledger.claim, generation_id, owner, stale_after=LEASE)
+    if lease is not None:
+        return lease
     holder = ledger.claim_owner(generation_id)
-    if holder and await _flow_run_finished(holder):
+    if holder and holder != owner and await _flow_run_finished(holder):
         # Its holder's flow run ended (crashed, cancelled...) without releasing it.
-        return ledger.claim(generation_id, owner, stale_after=timedelta(0))
-    return False
+        return ledger.claim(generation_id, owner, stale_after=LEASE, force=True)
+    return None
 
 
 async def _flow_run_finished(flow_run_id: str) -> bool:
@@ -288,6 +630,24 @@ async def _flow_run_finished(flow_run_id: str) -> bool:
     except Exception:
         return False
     return bool(run.state and run.state.type.value in _FINAL_RUN_STATES)
+
+
+def _failed(generation_id: str, generation: Generation | None, exc: Exception) -> GenerationOutcome:
+    """The outcome of a generation whose step raised: a one-line message, logged once."""
+    if isinstance(exc, LumaError):
+        message = str(exc)
+    else:
+        shown = str(exc).splitlines()[0][:300] if str(exc) else ""
+        message = (
+            f"Generation {generation_id} was not published: {type(exc).__name__}"
+            + (f": {shown}" if shown else "")
+            + ". Its record stays in the ledger: collect_pending tries it again."
+        )
+    get_run_logger().error("Generation %s was not published: %s", generation_id, message)
+    outcome = GenerationOutcome(
+        generation_id=generation_id, status="error", generation=generation, error=message
+    )
+    return outcome.with_exception(exc) if isinstance(exc, LumaError) else outcome
 
 
 def _ended(ledger: Ledger, generation_id: str, error: LumaError) -> GenerationOutcome:
@@ -323,19 +683,182 @@ def _recorded_request(record: LedgerRecord | None) -> GenerationRequest | None:
 
 
 async def left_behind(ledger: Ledger, record: LedgerRecord) -> bool:
-    """Whether a sweep should finish this record: its flow run is over, or it is stuck.
+    """Whether a sweep should finish this record: judged by liveness, never by age.
 
-    A run still at work (waiting, downloading) finishes its own generation; taking it from
-    under it would fail a healthy run. Stuck means: its claim is held by a dead process, or
-    it has not moved for longer than any wait (a worker killed without anyone marking its
-    flow run Crashed).
+    A run still at work (waiting, downloading) holds the generation's claim and renews it:
+    taking it from under it would fail a healthy run or publish twice, however long its
+    wait. Left behind means: nobody holds a live claim, and the submitting flow run is over
+    or its claim's process is dead, or it has held no claim for a whole lease (a worker
+    killed without anyone marking its flow run Crashed).
     """
+    try:
+        if ledger.claim_live(record.generation_id):
+            return False
+    except (OSError, LumaError) as exc:
+        # Unknown: leave it to the next sweep rather than risk two holders.
+        get_run_logger().warning(
+            "Could not read the claim of generation %s: %s", record.generation_id, exc
+        )
+        return False
     if not record.flow_run_id or await _flow_run_finished(record.flow_run_id):
         return True
     if ledger.claim_abandoned(record.generation_id):
         return True
+    # Its run looks alive but holds no live claim: give it one lease to take it (the
+    # moment between recording the submit and claiming), then it is left behind.
     updated = ledger.updated_at(record)
-    return updated is None or datetime.now(timezone.utc) - updated > _STUCK_AFTER
+    return updated is None or datetime.now(timezone.utc) - updated > LEASE
+
+
+async def settle_in_doubt(
+    block: LumaRelayCredentials, ledger: Ledger, destination: Destination
+) -> list[SubmitIntent]:
+    """Resolve what can be of every submit in doubt; report the rest. Returns the rest.
+
+    A submit is in doubt when its POST may have reached the relay but no generation id was
+    recorded (answer lost, run killed in between). Resolved from: the submit task's result
+    Prefect persisted, else the relay's list of recent generations (styles that have one).
+    Every one left is logged, emitted as `luma.submit.in-doubt` and listed in the
+    `luma-submits-in-doubt` artifact, with the command that resolves it.
+    """
+    logger = get_run_logger()
+    left: list[SubmitIntent] = []
+    busy = 0
+    for intent in ledger.in_doubt():
+        if intent.relay_base_url not in (None, public_url(block.base_url)):
+            continue
+        if not await _intent_left_behind(intent):
+            busy += 1
+            continue
+        generation, how = None, ""
+        if intent.result_key:
+            generation = await persisted_submit(intent.result_key)
+            how = "the submit task's persisted Prefect result"
+        if generation is None:
+            generation = await _found_on_relay(block, ledger, intent)
+            how = "the relay's list of recent generations"
+        if generation is not None:
+            _resolve(ledger, intent.key, generation, how)
+            logger.warning(
+                "Submit %s was in doubt: resolved as generation %s, from %s.",
+                intent.key,
+                generation.id,
+                how,
+            )
+            continue
+        left.append(intent)
+    if busy:
+        logger.info("%d submit(s) are being sent right now; left alone.", busy)
+    for intent in left:
+        logger.error(
+            "Submit %s of %r (since %s) is in doubt: the relay may have created a paid "
+            "generation nobody recorded (%s). It is never sent again. %s",
+            intent.key,
+            intent.prompt,
+            intent.at,
+            intent.reason or "the run stopped before the answer was recorded",
+            resolve_advice(intent.key, destination, block),
+        )
+        emit_in_doubt(intent)
+    if left:
+        await acreate_markdown_artifact(
+            key="luma-submits-in-doubt",
+            markdown=_in_doubt_table(left, destination),
+            description=f"{len(left)} paid submit(s) whose outcome is unknown",
+        )
+    return left
+
+
+async def _intent_left_behind(intent: SubmitIntent) -> bool:
+    """Whether nobody will learn this submit's outcome any more (not sending right now)."""
+    if intent.state == "in_doubt" or intent.holder_gone():
+        return True
+    if not intent.flow_run_id or await _flow_run_finished(intent.flow_run_id):
+        return True
+    started = intent.started()
+    return started is None or datetime.now(timezone.utc) - started > _SENDING_STUCK_AFTER
+
+
+async def _found_on_relay(
+    block: LumaRelayCredentials, ledger: Ledger, intent: SubmitIntent
+) -> Generation | None:
+    """The one recent generation on the relay matching the intent's request and time."""
+    started = intent.started()
+    if started is None or not intent.request:
+        return None
+    try:
+        async with block.get_client() as client:
+            if not client.can_list:
+                return None
+            recent = await client.list_recent_generations()
+    except LumaError as exc:
+        get_run_logger().warning("Could not list the relay's recent generations: %s", exc)
+        return None
+    request = GenerationRequest.model_validate(intent.request)
+    known = set(ledger.known_generation_ids())
+    candidates = [
+        g for g in recent if g.id not in known and _same_request(g, request) and _near(g, started)
+    ]
+    if len(candidates) != 1:
+        if candidates:
+            get_run_logger().warning(
+                "Submit %s matches %d recent generations (%s): resolve it by hand.",
+                intent.key,
+                len(candidates),
+                ", ".join(g.id for g in candidates[:5]),
+            )
+        return None
+    return candidates[0]
+
+
+# How far a generation's created_at may be from our submit's start (clock skew, queueing).
+_MATCH_BEFORE = timedelta(minutes=2)
+_MATCH_AFTER = timedelta(minutes=15)
+
+
+def _near(generation: Generation, started: datetime) -> bool:
+    created = generation.created_at
+    if created is None:
+        return False
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=timezone.utc)
+    return started - _MATCH_BEFORE <= created <= started + _MATCH_AFTER
+
+
+def _same_request(generation: Generation, request: GenerationRequest) -> bool:
+    echo = generation.raw.get("request") if isinstance(generation.raw, dict) else None
+    echo = echo if isinstance(echo, dict) else {}
+    prompt = echo.get("prompt", generation.prompt)
+    ratio = echo.get("aspect_ratio", generation.aspect_ratio)
+    return (prompt or None) == (request.prompt or None) and (
+        ratio is None or ratio == request.aspect_ratio
+    )
+
+
+def _in_doubt_table(intents: Sequence[SubmitIntent], destination: Destination) -> str:
+    where = shlex.quote(_destination_label(destination))
+    lines = [
+        "# Paid submits in doubt",
+        "",
+        "The relay may have created (and charged) these generations, but no id was recorded. "
+        "They are never sent again. Find each in the relay's task list, then attach its id "
+        f"with `luma-prefect resolve KEY --destination {_md_cell(where)} --generation-id ID`, "
+        "or drop it with `--abandon` if the relay created nothing.",
+        "",
+        "| key | since | prompt | flow run | why |",
+        "|---|---|---|---|---|",
+    ]
+    for i in intents:
+        why = i.reason or "the run stopped before the answer was recorded"
+        lines.append(
+            f"| `{i.key}` | {_md_cell(i.at or '')} | {_md_cell(i.prompt[:80])} | "
+            f"{_md_cell(i.flow_run_id or '')} | {_md_cell(why[:200])} |"
+        )
+    return "\n".join(lines)
+
+
+def _md_cell(text: str) -> str:
+    return re.sub(r"([\\`*_\[\]<>|])", r"\\\1", text.replace("\n", " "))
 
 
 def same_relay(record: LedgerRecord, block: LumaRelayCredentials) -> bool:
@@ -358,8 +881,19 @@ async def report_batch(
         }
         for o in outcomes
     ]
-    await create_batch_table(rows, artifact_key(key))
     failed = [o for o in outcomes if not o.ok]
+    if failed:
+        # The report lists every failure, one line each, also in the run's logs.
+        get_run_logger().warning(
+            "%d of %d generation(s) not published:\n%s",
+            len(failed),
+            len(outcomes),
+            "\n".join(f"- {o.generation_id}: {o.status}: {o.error or ''}" for o in failed),
+        )
+    try:
+        await create_batch_table(rows, artifact_key(key))
+    except Exception as exc:  # the report must not undo what the sweep delivered
+        get_run_logger().error("Could not create the report artifact %s: %s", key, exc)
     if failed and (fail_when == "any" or (fail_when == "all" and len(failed) == len(outcomes))):
         shown = "; ".join(f"{o.generation_id}: {o.status}" for o in failed[:5])
         raise LumaError(f"{len(failed)} of {len(outcomes)} generation(s) failed ({shown}).")

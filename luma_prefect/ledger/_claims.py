@@ -13,6 +13,13 @@ without conditional writes, run one sweep at a time.
 A claim names the process that took it (machine, PID, start time), so a claim left by a
 process that died (SIGKILL, OOM) is taken over at once on the same machine instead of
 blocking the generation until it grows stale.
+
+A claim is a lease: it records when it was last renewed and for how long it holds
+(`lease_seconds`). Its holder renews it while it works (`renew`, which rewrites the
+current number in place), so a delivery slower than the lease keeps its claim; only a
+holder dead or silent past its lease is taken over. Each take has a fresh `token`: the
+holder checks `holds(lease)` before it publishes, so a holder taken over (after a pause
+longer than its lease) never publishes over the new one.
 """
 
 from __future__ import annotations
@@ -21,15 +28,17 @@ import contextlib
 import functools
 import json
 import os
+import secrets
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from luma_prefect._models import check_generation_id
 from luma_prefect.storage import Storage
 
-__all__ = ["Claims"]
+__all__ = ["Claims", "Lease"]
 
 # Taking a claim races at most this many times with others' releases and takeovers.
 _ATTEMPTS = 3
@@ -91,89 +100,159 @@ def _holder_gone(claim: dict[str, Any]) -> bool:
     return state == "Z" or (isinstance(started, int) and start != started)
 
 
-class Claims:
-    """Numbered, exclusive-create claims on generations in one storage folder.
+def _same_process(claim: dict[str, Any]) -> bool:
+    holder = _holder()
+    return all(claim.get(key) == holder[key] for key in ("machine", "pid", "started"))
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A claim as its holder knows it: which number it wrote, with which token.
 
     Example:
         ```python
-        now = lambda: datetime.now(timezone.utc)
-        claims = Claims(storage_for("./luma-output"), ".luma-ledger/claims", clock=now)
-        if claims.take(generation_id, "run-1", stale_after=timedelta(minutes=15)):
-            try:
-                ...  # download and publish
-            finally:
-                claims.release(generation_id, "run-1")
+        lease = claims.take(generation_id, "run-1", stale_after=timedelta(minutes=2))
+        if lease and claims.holds(lease):
+            ...  # still ours: publish
         ```
     """
+
+    generation_id: str
+    owner: str
+    token: str
+    number: int
+
+
+class Claims:
+    """Numbered, exclusive-create claims on generations in one storage folder."""
 
     def __init__(self, storage: Storage, root: str, *, clock: Callable[[], datetime]) -> None:
         self.storage = storage
         self.root = root
         self._clock = clock
 
-    def take(self, generation_id: str, owner: str, *, stale_after: timedelta) -> bool:
-        """True when `owner` holds the claim afterwards (it was free, stale, or already its).
-
-        Example:
-            ```python
-            claims.take(generation_id, "run-1", stale_after=timedelta(minutes=15))
-            ```
+    def take(
+        self, generation_id: str, owner: str, *, stale_after: timedelta, force: bool = False
+    ) -> Lease | None:
+        """The lease when `owner` holds the claim afterwards (it was free, stale, or already
+        this process's); None when someone else holds it. `stale_after` is the lease this
+        take asks for; another holder's claim is stale after its own lease without renewal.
+        `force` takes over a live-looking claim whose holder the caller knows is gone (its
+        flow run ended).
         """
         for _ in range(_ATTEMPTS):
             number, current = self._current(generation_id)
             if current is not None and not current.get("released"):
-                if current.get("owner") == owner:
-                    return True
-                if not self._stale(current, stale_after):
-                    return False
-            body = {"owner": owner, "at": self._clock().isoformat(), **_holder()}
+                if current.get("owner") == owner and _same_process(current):
+                    return Lease(generation_id, owner, str(current.get("token", "")), number)
+                if not force and not self._stale(current, stale_after):
+                    return None
+            token = secrets.token_hex(8)
+            body = {
+                "owner": owner,
+                "token": token,
+                "at": self._clock().isoformat(),
+                "lease_seconds": stale_after.total_seconds(),
+                **_holder(),
+            }
             if self._create(generation_id, number + 1, body):
-                return True
-        return False
+                return Lease(generation_id, owner, token, number + 1)
+        return None
 
-    def owner(self, generation_id: str) -> str | None:
-        """Who holds the claim now, if anyone.
+    def renew(self, lease: Lease) -> bool:
+        """Push the lease's end forward; False when it is no longer the holder's (taken
+        over, released): the holder must then stop and leave the generation alone.
 
         Example:
             ```python
-            claims.owner(generation_id)  # "run-1" or None
+            if not claims.renew(lease):
+                ...  # someone took over: stop
             ```
         """
+        number, current = self._current(lease.generation_id)
+        if not self._is(lease, number, current):
+            return False
+        assert current is not None
+        body = {**current, "at": self._clock().isoformat()}
+        # In place: a taker that read the old time creates the next number and wins anyway.
+        path = f"{self._folder(lease.generation_id)}/{number:08d}.json"
+        self.storage.write_bytes(path, json.dumps(body).encode())
+        return True
+
+    def holds(self, lease: Lease) -> bool:
+        """Whether the lease is still the generation's current, unreleased claim.
+
+        Example:
+            ```python
+            if claims.holds(lease):
+                ...  # publish
+            ```
+        """
+        number, current = self._current(lease.generation_id)
+        return self._is(lease, number, current)
+
+    def live(self, generation_id: str) -> bool:
+        """True when someone holds the claim and is neither silent past its lease nor dead.
+
+        Example:
+            ```python
+            claims.live(generation_id)  # a delivery or wait is at work on it
+            ```
+        """
+        _, current = self._current(generation_id)
+        if current is None or current.get("released"):
+            return False
+        # A claim without a lease (written by an older version) lives for 15 minutes.
+        return not self._stale(current, timedelta(minutes=15))
+
+    @staticmethod
+    def _is(lease: Lease, number: int, current: dict[str, Any] | None) -> bool:
+        return (
+            current is not None
+            and number == lease.number
+            and not current.get("released")
+            and current.get("token") == lease.token
+        )
+
+    def owner(self, generation_id: str) -> str | None:
+        """Who holds the claim now, if anyone."""
         _, current = self._current(generation_id)
         if current is None or current.get("released"):
             return None
         return str(current.get("owner")) if current.get("owner") else None
 
     def abandoned(self, generation_id: str) -> bool:
-        """True when the claim's holder is known dead (same machine, process gone).
-
-        Example:
-            ```python
-            claims.abandoned(generation_id)
-            ```
-        """
+        """True when the claim's holder is known dead (same machine, process gone)."""
         _, current = self._current(generation_id)
-        return bool(current) and not current.get("released") and _holder_gone(current)
+        if not current:
+            return False
+        return not current.get("released") and _holder_gone(current)
 
-    def release(self, generation_id: str, owner: str) -> None:
-        """Give the claim back, if `owner` still holds it.
-
-        Example:
-            ```python
-            claims.release(generation_id, "run-1")
-            ```
-        """
+    def release(self, generation_id: str, owner: str | Lease) -> None:
+        """Give the claim back, if `owner` (a name, or the lease itself) still holds it."""
         number, current = self._current(generation_id)
-        if current is not None and current.get("owner") == owner and not current.get("released"):
-            body = {"released": True, "by": owner, "at": self._clock().isoformat()}
-            self._create(generation_id, number + 1, body)
+        if current is None or current.get("released"):
+            return
+        if isinstance(owner, Lease):
+            if not self._is(owner, number, current):
+                return
+            owner = owner.owner
+        elif current.get("owner") != owner:
+            return
+        body = {"released": True, "by": owner, "at": self._clock().isoformat()}
+        self._create(generation_id, number + 1, body)
 
     def _stale(self, current: dict[str, Any], stale_after: timedelta) -> bool:
         try:
-            taken_at = datetime.fromisoformat(str(current["at"]))
+            renewed_at = datetime.fromisoformat(str(current["at"]))
         except (KeyError, ValueError):
             return True
-        return self._clock() - taken_at >= stale_after or _holder_gone(current)
+        # The holder's own lease counts: it renews at its own pace, and only silence past
+        # it (or death) frees the claim.
+        lease = current.get("lease_seconds")
+        if isinstance(lease, (int, float)) and lease > 0:
+            stale_after = timedelta(seconds=lease)
+        return self._clock() - renewed_at >= stale_after or _holder_gone(current)
 
     def _folder(self, generation_id: str) -> str:
         return f"{self.root}/{check_generation_id(generation_id)}"

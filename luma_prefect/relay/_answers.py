@@ -10,6 +10,7 @@ import httpx
 
 from luma_prefect._exceptions import (
     LumaAuthError,
+    LumaError,
     LumaHTTPError,
     LumaNotFoundError,
     LumaProtocolError,
@@ -20,9 +21,52 @@ from luma_prefect._exceptions import (
 from luma_prefect._retry import parse_retry_after
 from luma_prefect.relay._parsing import error_info
 
-__all__ = ["read_body"]
+__all__ = ["proves_refusal", "read_body"]
 
 _SUCCESS_CODES = {"success", "0", "200"}
+# Answers to a paid POST that prove nothing was created, whatever their body: the key was
+# refused, the route does not exist, the body was too large, or the caller must slow down.
+# Each is decided before a relay forwards anything upstream.
+_REFUSED = frozenset({401, 403, 404, 405, 413, 429})
+# Validation refusals: proof only in the relay's own JSON error words, and only when those
+# words name no upstream trouble (a gateway that forwarded may answer 400 after the upstream
+# accepted). 408, 409, other 4xx, 5xx, 2xx we cannot read: never proof.
+_VALIDATION = frozenset({400, 422})
+_NOT_A_REFUSAL = ("upstream", "timeout", "timed out", "gateway", "internal", "server", "上游")
+
+
+def proves_refusal(error: LumaError, response: httpx.Response) -> bool:
+    """Whether an error answer to a paid POST proves the relay created nothing.
+
+    Conservative: anything that may come after the relay accepted the request is in doubt.
+
+    Example:
+        ```python
+        if not proves_refusal(error, response):
+            raise LumaSubmitUncertainError(...)
+        ```
+    """
+    status = response.status_code
+    if status in _REFUSED:
+        return True
+    if status < 400:  # an error envelope inside a 2xx: the relay's words decide
+        return isinstance(error, (LumaAuthError, LumaRequestError)) and not _upstream_words(error)
+    if status not in _VALIDATION or not isinstance(error, LumaHTTPError):
+        return False
+    try:
+        body = json.loads(response.content) if response.content else None
+    except ValueError:
+        return False  # an HTML page from something in between, not the relay's words
+    if not isinstance(body, (Mapping, list)) or not (error.relay_message or error.relay_code):
+        return False
+    return not _upstream_words(error)
+
+
+def _upstream_words(error: LumaError) -> bool:
+    if not isinstance(error, LumaHTTPError):
+        return True
+    words = f"{error.relay_code or ''} {error.relay_message or ''}".lower()
+    return any(word in words for word in _NOT_A_REFUSAL)
 
 
 def read_body(response: httpx.Response, action: str, generation_id: str | None) -> Any:
@@ -31,7 +75,7 @@ def read_body(response: httpx.Response, action: str, generation_id: str | None) 
     try:
         body: Any = json.loads(response.content) if response.content else None
         is_json = True
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested too deeply
         body, is_json = response.text, False
     if status < 400 and not _is_error_envelope(body):
         if is_json and body is not None:

@@ -8,6 +8,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import SecretStr
@@ -25,20 +26,59 @@ from luma_prefect._exceptions import (
 )
 from luma_prefect._models import ApiStyle, Generation, GenerationRequest, check_generation_id
 from luma_prefect._retry import RetryPolicy
+from luma_prefect._tls import Verify, ssl_context
 from luma_prefect._urls import public_url
-from luma_prefect.relay._answers import read_body
+from luma_prefect.relay._answers import proves_refusal, read_body
 from luma_prefect.relay._parsing import parse_generation, parse_generations
+from luma_prefect.relay._redaction import install_httpx_redaction, remember_secrets
 from luma_prefect.relay._routes import Route, StyleRoutes, normalise_prefix
 
-__all__ = ["LumaClient"]
+__all__ = ["DEFAULT_MAX_RESPONSE_BYTES", "LumaClient", "check_base_url"]
 
 logger = logging.getLogger("luma_prefect.client")
+# From import on: also the media client's request lines (signed CDN links) are redacted.
+install_httpx_redaction()
 
 Sleep = Callable[[float], Awaitable[None]]
 
 _USER_AGENT = "luma-prefect/0.1"
 # Failures that prove the request never left this machine: safe to retry even a paid POST.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# The largest relay answer read: a batch of 50 generations is ~60 KiB, so 16 MiB is ample,
+# and a hostile 300 MB answer no longer costs 1.2 GiB of memory (measured before the cap).
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+# Headers that describe the body as sent; the body handed on is already decoded and whole.
+_BODY_HEADERS = ("content-encoding", "content-length", "transfer-encoding")
+
+
+def check_base_url(base_url: str) -> str:
+    """The base URL stripped of blanks and a trailing slash, or `LumaConfigurationError`.
+
+    A URL with `user:password@` is refused: httpx would send and log it, Prefect would show
+    it in run parameters and `prefect block inspect`; the key belongs in `api_key`.
+
+    Example:
+        ```python
+        check_base_url("https://relay.example/ ")  # "https://relay.example"
+        ```
+    """
+    base_url = (base_url or "").strip().rstrip("/")
+    if not base_url.lower().startswith(("http://", "https://")):
+        raise LumaConfigurationError(
+            f"base_url must start with http:// or https:// (got {public_url(base_url)[:60]!r})."
+        )
+    try:
+        parts = urlsplit(base_url)
+        has_userinfo = parts.username is not None or parts.password is not None
+    except ValueError:
+        raise LumaConfigurationError("base_url is not a valid URL.") from None
+    if has_userinfo or "@" in parts.netloc:
+        raise LumaConfigurationError(
+            "base_url must not carry user:password@ (it would show in logs and run "
+            f"parameters): use {public_url(base_url)!r} and put the key in api_key "
+            "(other secrets in extra_headers)."
+        )
+    return base_url
 
 
 def secrets_of(headers: Mapping[str, SecretStr | str] | None) -> list[SecretStr]:
@@ -88,18 +128,19 @@ class LumaClient:
         retry: RetryPolicy | None = None,
         batch_size: int = 50,
         transport: httpx.AsyncBaseTransport | None = None,
+        verify: Verify = True,
         sleep: Sleep | None = None,
         rng: random.Random | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
-        base_url = (base_url or "").strip().rstrip("/")
-        if not base_url.lower().startswith(("http://", "https://")):
-            raise LumaConfigurationError(
-                f"base_url must start with http:// or https:// (got {base_url[:60]!r})."
-            )
+        base_url = check_base_url(base_url)
         if timeout_seconds <= 0 or max_connections < 1 or batch_size < 1:
             raise LumaConfigurationError(
                 "timeout_seconds must be > 0, and max_connections and batch_size >= 1."
             )
+        if max_response_bytes < 1:
+            raise LumaConfigurationError("max_response_bytes must be >= 1.")
+        install_httpx_redaction()
         self.base_url = base_url
         # What messages show: a base URL may carry user:password or a query token.
         self.shown_url = public_url(base_url)
@@ -108,11 +149,16 @@ class LumaClient:
         self.retry = retry or RetryPolicy()
         self.batch_size = batch_size
         self.max_connections = max_connections
+        # The total time one request may take, answer read in full: httpx's own timeouts
+        # are per read, so a relay trickling a byte a second would never be cut by them.
+        self.timeout_seconds = timeout_seconds
+        self.max_response_bytes = max_response_bytes
         self._sleep: Sleep = sleep or asyncio.sleep
         self._rng = rng or random.Random()
         self._batch_supported = self.routes.batch() is not None
         key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
         self._secrets = [key, *secrets_of(extra_headers)]
+        remember_secrets(*self._secrets)
         secrets = {
             name: value if isinstance(value, SecretStr) else SecretStr(value)
             for name, value in (extra_headers or {}).items()
@@ -126,7 +172,19 @@ class LumaClient:
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
             transport=transport,
+            verify=ssl_context(verify),  # one per process: a CA bundle load is ~20 ms
         )
+
+    @property
+    def sleep(self) -> Sleep:
+        """How this client sleeps between retries (injectable: tests pass a fake clock's).
+
+        Example:
+            ```python
+            await client.sleep(client.retry.delay(1))
+            ```
+        """
+        return self._sleep
 
     def __repr__(self) -> str:
         return f"LumaClient(base_url={self.shown_url!r}, api_style={self.api_style!r})"
@@ -174,7 +232,17 @@ class LumaClient:
         generation_id = check_generation_id(generation_id)
         route = self.routes.query(generation_id)
         body = await self._send(route, f"Querying generation {generation_id}", generation_id)
-        return self._parse_one(body, generation_id)
+        generation = self._parse_one(body, generation_id)
+        if generation.id.lower() != generation_id.lower():
+            # Never believed: delivering it would publish another generation's video.
+            raise LumaProtocolError(
+                f"Querying generation {generation_id}: the relay answered about another "
+                f"generation ({generation.id[:80]}). The answer is ignored and the query "
+                "retried; if it persists, report it to the relay.",
+                generation_id=generation_id,
+                body_excerpt=None,
+            )
+        return generation
 
     async def find_generations(self, generation_ids: Iterable[str]) -> dict[str, Generation]:
         """The generations the relay knows among `generation_ids`, by id; unknown ids left out.
@@ -265,6 +333,34 @@ class LumaClient:
         )
         return self._parse_one(body, None, paid=True)
 
+    @property
+    def can_list(self) -> bool:
+        """Whether this relay style lists recent generations (to find a lost submit again).
+
+        Example:
+            ```python
+            if client.can_list:
+                recent = await client.list_recent_generations()
+            ```
+        """
+        return self.routes.list_recent() is not None
+
+    async def list_recent_generations(self, limit: int = 100) -> list[Generation]:
+        """The relay's newest generations, newest first (official style only; else []).
+
+        Example:
+            ```python
+            recent = await client.list_recent_generations()
+            ```
+        """
+        route = self.routes.list_recent(limit)
+        if route is None:
+            return []
+        body = await self._send(route, "Listing recent generations", None)
+        if isinstance(body, Mapping) and isinstance(body.get("generations"), list):
+            body = body["generations"]
+        return parse_generations(body) if body else []
+
     async def get_download_url(self, generation_id: str) -> str:
         """A fresh no-watermark video link for a completed generation.
 
@@ -345,12 +441,17 @@ class LumaClient:
             started = time.monotonic()
             retry_after: float | None = None
             try:
-                response = await self._http.request(
-                    route.method, route.path, params=route.params, json=json
-                )
-            except httpx.TransportError as exc:
+                response = await self._exchange(route, json)
+            except (httpx.TransportError, TimeoutError) as exc:
                 error: LumaError = self._transport_error(exc, action, generation_id, paid)
                 retryable = not paid or isinstance(exc, _NOT_SENT)
+            except (httpx.HTTPError, _TooLarge) as exc:
+                # A body that cannot be decoded (bad gzip) or is too large: not a relay
+                # answer we can read, and not one a retry would mend.
+                unreadable = self._unreadable(exc, action, generation_id)
+                if paid:
+                    raise self._redacted(self._uncertain(action, unreadable)) from None
+                raise self._redacted(unreadable) from None
             else:
                 logger.debug(
                     "%s %s -> %s in %.3f s",
@@ -360,7 +461,7 @@ class LumaClient:
                     time.monotonic() - started,
                 )
                 try:
-                    return read_body(response, action, generation_id)
+                    return _read(response, action, generation_id)
                 except LumaRateLimitError as exc:
                     error, retryable, retry_after = exc, True, exc.retry_after
                 except (LumaServerError, LumaProtocolError) as exc:
@@ -372,13 +473,51 @@ class LumaClient:
                         raise self._redacted(exc) from None
                     error, retryable = exc, True
                 except LumaError as exc:
+                    if paid and not proves_refusal(exc, response):
+                        # e.g. a gateway's 408 or 400 after it forwarded: maybe created.
+                        raise self._redacted(self._uncertain(action, exc)) from None
                     raise self._redacted(exc) from None
+            # Redacted before it is logged: some relays echo the key in their 5xx bodies.
+            error = self._redacted(error)
             retry_number += 1
             if not retryable or retry_number > self.retry.max_retries:
-                raise self._redacted(error)
+                raise error
             delay = self.retry.delay(retry_number, retry_after, self._rng)
             logger.debug("%s: retry %d in %.2f s after: %s", action, retry_number, delay, error)
             await self._sleep(delay)
+
+    async def _exchange(self, route: Route, json: Any) -> httpx.Response:
+        """One request and its whole answer within `timeout_seconds`, at most
+        `max_response_bytes` of decoded body; the answer comes back read in full."""
+        async with asyncio.timeout(self.timeout_seconds):
+            async with self._http.stream(
+                route.method, route.path, params=route.params, json=json
+            ) as response:
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > self.max_response_bytes:
+                        raise _TooLarge(len(body))
+        headers = [(k, v) for k, v in response.headers.multi_items() if k not in _BODY_HEADERS]
+        return httpx.Response(
+            response.status_code, headers=headers, content=bytes(body), request=response.request
+        )
+
+    def _unreadable(
+        self, exc: Exception, action: str, generation_id: str | None
+    ) -> LumaProtocolError:
+        if isinstance(exc, _TooLarge):
+            what = (
+                f"an answer larger than {self.max_response_bytes:,} bytes; it was cut off "
+                "there (no relay answer is that large: the relay or its address is wrong)"
+            )
+        else:
+            what = f"an answer that could not be read ({type(exc).__name__}: {exc})"
+        return LumaProtocolError(
+            f"{action}: the relay at {self.shown_url} sent {what}.",
+            generation_id=generation_id,
+            body_excerpt=None,
+        )
 
     def _redacted(self, error: LumaError) -> LumaError:
         """The error with any secret the relay echoed back (some echo the key) blanked."""
@@ -410,9 +549,16 @@ class LumaClient:
         )
 
     def _transport_error(
-        self, exc: httpx.TransportError, action: str, generation_id: str | None, paid: bool
+        self,
+        exc: httpx.TransportError | TimeoutError,
+        action: str,
+        generation_id: str | None,
+        paid: bool,
     ) -> LumaTransportError:
-        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if isinstance(exc, TimeoutError):
+            what = f"no complete answer within {self.timeout_seconds:g} s"
+        else:
+            what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if paid and not isinstance(exc, _NOT_SENT):
             return LumaSubmitUncertainError(
                 f"{action} broke after the request may have reached the relay ({what}). It "
@@ -436,6 +582,24 @@ class LumaClient:
                     self._uncertain("Submitting a generation (HTTP 2xx)", exc)
                 ) from None
             raise
+
+
+class _TooLarge(Exception):
+    """A relay answer past `max_response_bytes` (its reading stopped there)."""
+
+
+def _read(response: httpx.Response, action: str, generation_id: str | None) -> Any:
+    """`read_body`, with JSON too deep for Python's parser taken as an unreadable answer."""
+    try:
+        return read_body(response, action, generation_id)
+    except RecursionError:
+        raise LumaProtocolError(
+            f"{action}: the relay answered HTTP {response.status_code} with JSON nested too "
+            "deeply to read. The relay may be broken or hostile; try again later.",
+            generation_id=generation_id,
+            status_code=response.status_code,
+            body_excerpt=None,
+        ) from None
 
 
 def _no_batch_route(exc: BaseException) -> bool:

@@ -21,7 +21,15 @@ from luma_prefect.simulator._state import SimulatorState
 
 __all__ = ["Relay", "build_app"]
 
-_MEDIA_FAULTS = (FaultKind.RATE_LIMIT, FaultKind.SERVER_ERROR, FaultKind.DROP_CONNECTION)
+_MEDIA_FAULTS = (
+    FaultKind.RATE_LIMIT,
+    FaultKind.SERVER_ERROR,
+    FaultKind.DROP_CONNECTION,
+    FaultKind.STALL_BODY,
+    FaultKind.TRICKLE_BODY,
+    FaultKind.REDIRECT_LOOP,
+    FaultKind.REDIRECT_TO_HTTP,
+)
 _SYNTHETIC_DEFAULT = 1 << 20
 _EXPIRED_XML = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
@@ -98,6 +106,11 @@ class Relay(RelayBase):
             return self.not_found(call)
         view = self.state.view(generation_id, "query")
         assert view is not None
+        other = self.state.fire_fault(
+            (FaultKind.OTHER_GENERATION,), "query", self.state.target_of([generation_id])
+        )
+        if other is not None:
+            view = self.state.other_view(generation_id)
         obj = self.render(view)
         return self.answer(call, shapes.wrapped(obj) if self.style == "task" else obj)
 
@@ -194,6 +207,28 @@ class Relay(RelayBase):
         generation_id = self.state.submit(prompt, aspect_ratio, echo, model, first_source)
         return self._created(call, generation_id, 201)
 
+    async def official_list(self, request: Request) -> Response:
+        """`GET /dream-machine/v1/generations?limit&offset`: newest first, like Luma's API."""
+        call = self.begin(request, "list")
+        if isinstance(call, Response):
+            return call
+        try:
+            limit = max(1, min(int(request.query_params.get("limit", "10")), 100))
+            offset = max(0, int(request.query_params.get("offset", "0")))
+        except ValueError:
+            return self.answer(call, {"detail": "limit and offset must be integers"}, 400)
+        ids = list(reversed(self.state.ids()))
+        page = ids[offset : offset + limit]
+        views = [v for i in page if (v := self.state.view(i)) is not None]
+        body = {
+            "generations": [self.render(v) for v in views],
+            "count": len(views),
+            "has_more": offset + limit < len(ids),
+            "limit": limit,
+            "offset": offset,
+        }
+        return self.answer(call, body)
+
     # -- media -------------------------------------------------------------------------
 
     async def media(self, request: Request) -> Response | MediaResponse:
@@ -209,6 +244,15 @@ class Relay(RelayBase):
         if refused is not None:
             return refused
         late = call.late.fault if call.late else None
+        if late is not None and late.kind in (FaultKind.REDIRECT_LOOP, FaultKind.REDIRECT_TO_HTTP):
+            url = request.url
+            if late.kind is FaultKind.REDIRECT_TO_HTTP:
+                url = url.replace(scheme="http")
+            return Response(b"", 302, headers={"location": str(url)})
+        slow_body = late is not None and late.kind in (
+            FaultKind.STALL_BODY,
+            FaultKind.TRICKLE_BODY,
+        )
 
         def respond(size: int, media_type: str, content: bytes | None = None) -> MediaResponse:
             return MediaResponse(
@@ -218,6 +262,12 @@ class Relay(RelayBase):
                 content=content,
                 drop=late is not None,
                 drop_after=late.after_bytes if late else None,
+                trickle=(
+                    (late.delay_seconds if late.kind is FaultKind.TRICKLE_BODY else None)
+                    if late is not None and slow_body
+                    else None
+                ),
+                stall=late is not None and late.kind is FaultKind.STALL_BODY,
                 on_bytes=self.state.add_bytes,
                 extra_headers={"cache-control": "public, max-age=3600"},
             )
@@ -275,6 +325,7 @@ def build_app(state: SimulatorState, base_url: str) -> tuple[Any, Relay]:
         root = "/dream-machine/v1/generations"
         routes = [
             Route(root, relay.official_submit, methods=["POST"]),
+            Route(root, relay.official_list, methods=["GET"]),
             Route(root + "/{generation_id}", relay.query, methods=["GET"]),
         ]
     else:

@@ -53,6 +53,16 @@ class FaultKind(str, Enum):
     NO_BATCH_ROUTE = "no_batch_route"
     UNKNOWN_STATE = "unknown_state"
     FAIL_GENERATION = "fail_generation"
+    STALL_BODY = "stall_body"
+    TRICKLE_BODY = "trickle_body"
+    REDIRECT_LOOP = "redirect_loop"
+    REDIRECT_TO_HTTP = "redirect_to_http"
+    ACCEPT_THEN_ERROR = "accept_then_error"
+    OTHER_GENERATION = "other_generation"
+    TRICKLE_ANSWER = "trickle_answer"
+    HUGE_ANSWER = "huge_answer"
+    NESTED_JSON = "nested_json"
+    ECHO_KEY = "echo_key"
 
 
 # Where each kind acts when `Fault.routes` is empty.
@@ -70,6 +80,16 @@ DEFAULT_ROUTES: dict[FaultKind, tuple[str, ...]] = {
     FaultKind.UNKNOWN_STATE: _RENDERING_ROUTES,
     # Decides an outcome rather than an answer, so it is not tied to a route.
     FaultKind.FAIL_GENERATION: ROUTES,
+    FaultKind.STALL_BODY: ("media",),
+    FaultKind.TRICKLE_BODY: ("media",),
+    FaultKind.REDIRECT_LOOP: ("media",),
+    FaultKind.REDIRECT_TO_HTTP: ("media",),
+    FaultKind.ACCEPT_THEN_ERROR: ("submit", "extend"),
+    FaultKind.OTHER_GENERATION: ("query",),
+    FaultKind.TRICKLE_ANSWER: API_ROUTES,
+    FaultKind.HUGE_ANSWER: API_ROUTES,
+    FaultKind.NESTED_JSON: API_ROUTES,
+    FaultKind.ECHO_KEY: API_ROUTES,
 }
 
 
@@ -84,12 +104,22 @@ class Fault:
     it changes counts once: an error answer, a delayed request, a rendered object, a
     generation made to fail.
 
+    Hostile answers, on the API routes: `TRICKLE_ANSWER` sends the answer one byte every
+    `delay_seconds` (per-read timeouts never fire); `HUGE_ANSWER` streams a valid JSON
+    array of `after_bytes` bytes (default 300 MB); `NESTED_JSON` answers a 200 with arrays
+    nested 100,000 deep; `ECHO_KEY` answers `status` (a 5xx) whose message repeats the
+    key the request presented, as some relays do.
+
     `DROP_CONNECTION` and `MALFORMED_JSON` break the answer *after* the relay did the work:
     on a submit, the paid generation exists although the client never read its id, as on
     a real flaky relay. `RATE_LIMIT`, `SERVER_ERROR` and `ERROR_BODY_200` refuse before.
+    `ACCEPT_THEN_ERROR` creates the paid generation, then answers `status` (a gateway's
+    408, 400 or 5xx after forwarding) without its id. `OTHER_GENERATION` answers a query
+    for one generation with another generation's object.
 
     Routes each kind acts on by default: the API routes (submit, extend, query, batch,
-    download_url) for RATE_LIMIT, MALFORMED_JSON, ERROR_BODY_200; those and media for
+    download_url) for RATE_LIMIT, MALFORMED_JSON, ERROR_BODY_200; submit and extend for
+    ACCEPT_THEN_ERROR; query for OTHER_GENERATION; those and media for
     SERVER_ERROR, SLOW, DROP_CONNECTION; query, batch, download_url for
     NOT_FOUND_AFTER_SUBMIT; the routes that render generations for NO_DOWNLOAD_URL and
     UNKNOWN_STATE; media for EXPIRED_LINK (its fresh links come from query, batch and

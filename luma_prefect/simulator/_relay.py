@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from luma_prefect.simulator import _shapes as shapes
 from luma_prefect.simulator._config import FaultKind
@@ -30,7 +31,14 @@ ANSWER_FAULTS = (
     FaultKind.ERROR_BODY_200,
     FaultKind.MALFORMED_JSON,
     FaultKind.DROP_CONNECTION,
+    FaultKind.TRICKLE_ANSWER,
+    FaultKind.HUGE_ANSWER,
+    FaultKind.NESTED_JSON,
+    FaultKind.ECHO_KEY,
 )
+# NESTED_JSON: far deeper than any JSON parser's recursion limit.
+_NESTING = 100_000
+_HUGE_DEFAULT = 300 * 1024 * 1024
 
 
 @dataclass
@@ -41,6 +49,8 @@ class Call:
     request_id: str
     # A fault that breaks the answer after the work is done (DROP_CONNECTION, MALFORMED_JSON).
     late: ActiveFault | None = None
+    # The key the request presented (ECHO_KEY repeats it, as some relays do).
+    presented_key: str = ""
 
 
 class RelayBase:
@@ -55,6 +65,7 @@ class RelayBase:
     def begin(self, request: Request, route: str, auth: bool = True) -> Call | Response:
         self.state.count_request(route)
         call = Call(route, str(request.scope.get(REQUEST_ID_KEY, "")))
+        call.presented_key = request.headers.get("authorization", "").partition(" ")[2]
         if auth and not self._authorized(request):
             if self.style == "official":
                 return json_response({"detail": "Invalid API key is provided"}, 401)
@@ -85,6 +96,12 @@ class RelayBase:
         if fault.kind is FaultKind.SERVER_ERROR:
             body, media_type = shapes.server_error(self.style, fault.status, call.request_id)
             return Response(body, fault.status, media_type=media_type)
+        if fault.kind is FaultKind.ECHO_KEY:
+            message = f"upstream refused key {call.presented_key} (request id: {call.request_id})"
+            return json_response({"error": {"message": message, "type": "upstream"}}, fault.status)
+        if fault.kind is FaultKind.NESTED_JSON:
+            nested = b"[" * _NESTING + b"]" * _NESTING
+            return Response(nested, 200, media_type="application/json")
         if fault.kind is FaultKind.ERROR_BODY_200:
             message = f"{shapes.ERROR_BODY_200} (request id: {call.request_id})"
             return json_response({"code": "upstream_error", "message": message, "data": None})
@@ -98,6 +115,13 @@ class RelayBase:
             return Response(body, status, media_type="application/json")
         if late.kind is FaultKind.MALFORMED_JSON:
             return Response(body[: max(1, len(body) // 2)], 200, media_type="application/json")
+        if late.kind is FaultKind.TRICKLE_ANSWER:
+            return StreamingResponse(
+                _trickle(body, late.delay_seconds or 0.05), status, media_type="application/json"
+            )
+        if late.kind is FaultKind.HUGE_ANSWER:
+            size = late.after_bytes or _HUGE_DEFAULT
+            return StreamingResponse(_huge(size), status, media_type="application/json")
         return DroppingResponse(body, status, cut=late.after_bytes)
 
     def error(self, call: Call, status: int, message: str, code: str = "") -> Response:
@@ -128,6 +152,14 @@ class RelayBase:
     def _created(self, call: Call, generation_id: str, status: int = 200) -> Response:
         view = self.state.view(generation_id, call.route)
         assert view is not None
+        broken = self.state.fire_fault(
+            (FaultKind.ACCEPT_THEN_ERROR,), call.route, Target((view.id,), (view.prompt,))
+        )
+        if broken is not None:
+            # Paid and created; the answer is an error that carries no id.
+            code = broken.fault.status
+            body, media_type = shapes.server_error(self.style, code, call.request_id)
+            return Response(body, code, media_type=media_type)
         obj = self.render(view)
         if self.style == "task":
             return self.answer(call, shapes.wrapped(obj))
@@ -156,3 +188,20 @@ def invalid_url(request: Request, request_id: str) -> dict[str, Any]:
             "type": "invalid_request_error",
         }
     }
+
+
+async def _trickle(body: bytes, every: float) -> AsyncIterator[bytes]:
+    for i in range(len(body)):
+        yield body[i : i + 1]
+        await asyncio.sleep(every)
+
+
+async def _huge(size: int) -> AsyncIterator[bytes]:
+    """A valid JSON array of strings, `size` bytes in all, in 1 MiB pieces."""
+    piece = b'"' + b"x" * (1024 * 1024 - 4) + b'",'
+    yield b"["
+    sent = 1
+    while sent + len(piece) + 3 < size:
+        yield piece
+        sent += len(piece)
+    yield b'"end"]'

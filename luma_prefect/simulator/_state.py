@@ -6,6 +6,7 @@ of tracked generations cost nothing until they are asked about.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 import time
@@ -328,6 +329,17 @@ class SimulatorState:
                 ):
                     has_download_url = False
             return self._make_view(stored, phase, shown, has_download_url)
+
+    def other_view(self, generation_id: str) -> GenerationView:
+        """Another generation than `generation_id` (the newest other one, else a stranger)."""
+        with self._lock:
+            others = [g for g in self._generations.values() if g.id != generation_id]
+            if others:
+                stored = others[-1]
+                return self._make_view(stored, self._phase(stored), self._phase(stored), True)
+            view = self.view(generation_id)
+            assert view is not None
+            return dataclasses.replace(view, id=str(uuid.uuid4()))
 
     def _refresh_links(self, stored: _Stored, target: Target) -> None:
         stale = self._faults.peek(

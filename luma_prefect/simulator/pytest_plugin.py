@@ -23,21 +23,26 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from luma_prefect.simulator._config import SimulatorConfig
-from luma_prefect.simulator._server import RelaySimulator
+from luma_prefect.simulator._server import RelaySimulator, SimulatorTLS
+
+if TYPE_CHECKING:
+    from luma_prefect.credentials import LumaRelayCredentials
 
 __all__ = [
     "FAST_TIMINGS",
     "FakeClock",
+    "LumaSimulator",
     "SimulatorPool",
     "luma_clock",
     "luma_simulator",
     "luma_simulator_factory",
     "luma_simulator_pool",
+    "luma_simulator_tls",
 ]
 
 #: Timings of the fixtures' simulators: a generation completes in 0.15 s of real time.
@@ -49,6 +54,28 @@ _KEEP_IDLE = 8
 # A request still being answered when its test ends (a SLOW fault the client gave up on)
 # gets this long to finish; after that its simulator is stopped instead of reused.
 _DRAIN_SECONDS = 1.0
+
+
+class LumaSimulator(RelaySimulator):
+    """The simulator the fixtures give: a `RelaySimulator` that also makes credentials.
+
+    The plugin, not the simulator, knows the product's block: the simulator package
+    imports nothing of luma_prefect but its own modules.
+    """
+
+    def credentials(self) -> LumaRelayCredentials:
+        """A `LumaRelayCredentials` block pointing at this simulator.
+
+        Example:
+            ```python
+            async with luma_simulator.credentials().get_client() as client:
+                await client.get_generation(gid)
+            ```
+        """
+        # Imported here: the block imports Prefect, which simulator-only tests never need.
+        from luma_prefect.credentials import LumaRelayCredentials
+
+        return LumaRelayCredentials.model_validate(self.connection())
 
 
 class FakeClock:
@@ -101,45 +128,52 @@ class FakeClock:
 
 
 class SimulatorPool:
-    """Running simulators kept for a session, by config; each handed out reset.
+    """Running simulators kept for a session, by config and TLS; each handed out reset.
 
-    A simulator is reused only when its last test left it running and idle. One with a
-    fixed `port` is never pooled: it is started for its test and stopped after.
+    A simulator is reused only when its last test left it running and idle, and only for
+    the same config and the same `SimulatorTLS` (https with one certificate is not http,
+    nor https with another). One with a fixed `port` is never pooled: it is started for
+    its test and stopped after.
     """
 
     def __init__(self, keep_idle: int = _KEEP_IDLE) -> None:
         self._keep_idle = keep_idle
-        self._idle: OrderedDict[int, tuple[SimulatorConfig, RelaySimulator]] = OrderedDict()
+        self._idle: OrderedDict[int, tuple[SimulatorConfig, SimulatorTLS | None, LumaSimulator]] = (
+            OrderedDict()
+        )
 
-    def acquire(self, config: SimulatorConfig) -> RelaySimulator:
-        """A running simulator of exactly this config, as new."""
+    def acquire(self, config: SimulatorConfig, tls: SimulatorTLS | None = None) -> LumaSimulator:
+        """A running simulator of exactly this config and TLS, as new."""
         if not config.port:
-            for key, (pooled_config, simulator) in self._idle.items():
-                if pooled_config == config:
+            for key, (pooled_config, pooled_tls, simulator) in self._idle.items():
+                if pooled_config == config and pooled_tls == tls:
                     del self._idle[key]
                     if simulator.running:
                         simulator.reset()
                         return simulator
                     break
-        return RelaySimulator(config).start()
+        return LumaSimulator(config, tls=tls).start()
 
-    def release(self, simulator: RelaySimulator, config: SimulatorConfig) -> None:
+    def release(
+        self, simulator: LumaSimulator, config: SimulatorConfig, tls: SimulatorTLS | None = None
+    ) -> None:
         """Keep a simulator for a later test, or stop it."""
         deadline = time.monotonic() + _DRAIN_SECONDS
         while not simulator.idle and time.monotonic() < deadline:
             time.sleep(0.005)
-        if config.port or not simulator.running or not simulator.idle:
+        # A test that swapped the simulator's TLS has a server other than the one asked for.
+        if config.port or simulator.tls != tls or not simulator.running or not simulator.idle:
             simulator.stop()
             return
-        self._idle[id(simulator)] = (config, simulator)
+        self._idle[id(simulator)] = (config, tls, simulator)
         while len(self._idle) > self._keep_idle:
-            _, (_, oldest) = self._idle.popitem(last=False)
+            _, (_, _, oldest) = self._idle.popitem(last=False)
             oldest.stop()
 
     def close(self) -> None:
         """Stop every simulator kept."""
         while self._idle:
-            _, (_, simulator) = self._idle.popitem()
+            _, (_, _, simulator) = self._idle.popitem()
             simulator.stop()
 
 
@@ -151,11 +185,37 @@ def luma_simulator_pool() -> Iterator[SimulatorPool]:
     pool.close()
 
 
+@pytest.fixture(scope="session")
+def luma_simulator_tls(tmp_path_factory: pytest.TempPathFactory) -> SimulatorTLS:
+    """https for simulators: a CA and a 127.0.0.1 certificate made for this test run.
+
+    Needs `trustme` (`pip install trustme`). `credentials()` of a simulator started with it
+    trusts that CA.
+
+    Example:
+        ```python
+        def test_https(luma_simulator_factory, luma_simulator_tls):
+            sim = luma_simulator_factory(tls=luma_simulator_tls)
+            assert sim.base_url.startswith("https://")
+        ```
+    """
+    trustme = pytest.importorskip("trustme")
+    folder = tmp_path_factory.mktemp("luma-simulator-tls")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    certfile, ca_file = folder / "server.pem", folder / "ca.pem"
+    server.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    ca.cert_pem.write_to_path(str(ca_file))
+    return SimulatorTLS(certfile=str(certfile), ca_file=str(ca_file))
+
+
 @pytest.fixture
 def luma_simulator_factory(
     luma_simulator_pool: SimulatorPool,
-) -> Iterator[Callable[..., RelaySimulator]]:
+) -> Iterator[Callable[..., LumaSimulator]]:
     """Running simulators from config fields (fast timings unless given), reset for this test.
+
+    `tls=` (e.g. the `luma_simulator_tls` fixture) serves https.
 
     Example:
         ```python
@@ -163,24 +223,26 @@ def luma_simulator_factory(
             sim = luma_simulator_factory(style="task", manual_clock=True)
         ```
     """
-    taken: list[tuple[RelaySimulator, SimulatorConfig]] = []
+    taken: list[tuple[LumaSimulator, SimulatorConfig, SimulatorTLS | None]] = []
 
-    def make(config: SimulatorConfig | None = None, **fields: Any) -> RelaySimulator:
+    def make(
+        config: SimulatorConfig | None = None, *, tls: SimulatorTLS | None = None, **fields: Any
+    ) -> LumaSimulator:
         if config is None:
             config = SimulatorConfig(**{**FAST_TIMINGS, **fields})
         elif fields:
             config = dataclasses.replace(config, **fields)
-        simulator = luma_simulator_pool.acquire(config)
-        taken.append((simulator, config))
+        simulator = luma_simulator_pool.acquire(config, tls)
+        taken.append((simulator, config, tls))
         return simulator
 
     yield make
-    for simulator, config in reversed(taken):
-        luma_simulator_pool.release(simulator, config)
+    for simulator, config, tls in reversed(taken):
+        luma_simulator_pool.release(simulator, config, tls)
 
 
 @pytest.fixture
-def luma_simulator(luma_simulator_factory: Callable[..., RelaySimulator]) -> RelaySimulator:
+def luma_simulator(luma_simulator_factory: Callable[..., LumaSimulator]) -> LumaSimulator:
     """A running `generations`-style simulator with fast timings, reset for this test.
 
     Example:

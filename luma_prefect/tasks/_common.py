@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import TaskRun
-from prefect.states import State
-from prefect.tasks import Task, exponential_backoff
+from prefect.client.schemas.objects import State, TaskRun
+from prefect.filesystems import LocalFileSystem, RemoteFileSystem
+from prefect.tasks import Task
 
 from luma_prefect._exceptions import (
     LumaAuthError,
@@ -26,7 +26,12 @@ from luma_prefect.relay._client import LumaClient
 from luma_prefect.wait._engine import Clock, SystemClock
 
 CredentialsInput = LumaRelayCredentials | str
+"""A `LumaRelayCredentials` block, or the name of a saved one."""
 StatesInput = Sequence[str | GenerationState] | str
+"""Target states of a wait, by name or `GenerationState`."""
+Destination = str | LocalFileSystem | RemoteFileSystem
+"""Where files go: a local folder, an fsspec URL (`s3://bucket/luma`, `memory://x`), or a
+Prefect `LocalFileSystem` / `RemoteFileSystem` block (see `luma_prefect.storage.storage_for`)."""
 
 # Errors a retry cannot mend; everything else a read task meets is worth another try.
 _FINAL_ERRORS = (
@@ -49,6 +54,9 @@ def retry_on_transient_errors(task: Task[Any, Any], task_run: TaskRun, state: St
 
     Example:
         ```python
+        from prefect import task
+        from luma_prefect.tasks import retry_on_transient_errors
+
         @task(retries=3, retry_condition_fn=retry_on_transient_errors)
         async def my_read(generation_id: str) -> str: ...
         ```
@@ -61,13 +69,23 @@ def retry_on_transient_errors(task: Task[Any, Any], task_run: TaskRun, state: St
     return not isinstance(error, _FINAL_ERRORS)
 
 
+# No Prefect retries on reads: the client already retries by its RetryPolicy, and Prefect's
+# retries stacked on top made one fetch reach the relay 3 x 6 = 18 times. One schedule.
 READ_OPTIONS: dict[str, Any] = {
-    "retries": 2,
-    "retry_delay_seconds": exponential_backoff(backoff_factor=5),
-    "retry_jitter_factor": 0.5,
+    "retries": 0,
     "retry_condition_fn": retry_on_transient_errors,
     "cache_policy": NO_CACHE,
 }
+
+# Backstops (Prefect task timeouts) for calls that have their own, tighter deadlines: a
+# relay call is bounded by timeout_seconds per attempt and RetryPolicy's attempts (about
+# 6 x 30 s + 16 s of backoff, or Retry-After capped at 120 s); these catch a bug, not a relay.
+RELAY_CALL_BACKSTOP_SECONDS = 1200.0
+# A download: 4 GiB at 0.5 MiB/s is 2.3 h.
+DOWNLOAD_BACKSTOP_SECONDS = 6 * 3600.0
+PUBLISH_BACKSTOP_SECONDS = 600.0
+# Beyond a wait's own deadline: one last poll and one link lookup, each bounded per call.
+WAIT_BACKSTOP_MARGIN_SECONDS = 600.0
 
 
 async def resolve_credentials(credentials: CredentialsInput) -> LumaRelayCredentials:
@@ -75,6 +93,8 @@ async def resolve_credentials(credentials: CredentialsInput) -> LumaRelayCredent
 
     Example:
         ```python
+        from luma_prefect.tasks import resolve_credentials
+
         credentials = await resolve_credentials("luma-relay")
         ```
     """

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from luma_prefect._models import Generation, GenerationRequest, check_generation_id
-from luma_prefect._outcomes import DownloadedGeneration, PublishedGeneration
+from luma_prefect._models import Generation, GenerationId, GenerationRequest
+from luma_prefect._outcomes import AssetName, DownloadedGeneration, PublishedGeneration
 from luma_prefect._urls import public_url
 from luma_prefect.delivery._download import (
-    ASSET_NAMES,
     DEFAULT_MAX_BYTES,
     VIDEO_SOURCES,
     download_generation_files,
@@ -29,8 +27,11 @@ from luma_prefect.delivery._publish import (
 )
 from luma_prefect.storage import storage_for
 from luma_prefect.tasks._common import (
+    DOWNLOAD_BACKSTOP_SECONDS,
+    PUBLISH_BACKSTOP_SECONDS,
     READ_OPTIONS,
     CredentialsInput,
+    Destination,
     client_for,
     resolve_credentials,
 )
@@ -47,15 +48,21 @@ def _download_run_name() -> str:
     return f"download-{generation_id}"
 
 
-@task(name="download-generation", task_run_name=_download_run_name, **READ_OPTIONS)
+@task(
+    name="download-generation",
+    task_run_name=_download_run_name,
+    timeout_seconds=DOWNLOAD_BACKSTOP_SECONDS,
+    **READ_OPTIONS,
+)
 async def download_generation(
     credentials: CredentialsInput,
-    generation: Generation | str,
-    destination: Any,
-    assets: Sequence[str] = ASSET_NAMES,
+    generation: Generation | GenerationId,
+    destination: Destination,
+    assets: Sequence[AssetName] = ("video", "thumbnail", "last_frame"),
     video_sources: Sequence[str] = VIDEO_SOURCES,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_concurrent_downloads: int = 3,
+    part_tag: str | None = None,
 ) -> DownloadedGeneration:
     """Download a completed generation's files to `<destination>/<generation id>/`.
 
@@ -66,6 +73,8 @@ async def download_generation(
     are skipped with a warning when missing. Files stream to disk, are verified (length,
     sha256) and resumed with HTTP Range after a broken connection; expired links are
     refreshed once from the relay; a rerun reuses verified files without downloading.
+    `part_tag` (letters and digits) names the partial files after their holder, so two
+    concurrent deliveries of one generation never write into the same `.part`.
 
     Example:
         ```python
@@ -81,7 +90,10 @@ async def download_generation(
     """
     block = await resolve_credentials(credentials)
     storage = storage_for(destination)
-    async with await client_for(block) as client:
+    async with (
+        await client_for(block) as client,
+        block.get_media_client(max_concurrent_downloads) as http,
+    ):
         if not isinstance(generation, Generation):
             generation = (
                 Generation.model_validate(generation)
@@ -96,7 +108,9 @@ async def download_generation(
             video_sources=video_sources,
             max_bytes=max_bytes,
             max_concurrent=max_concurrent_downloads,
-            logger=get_run_logger(),  # type: ignore[arg-type]
+            http=http,
+            logger=get_run_logger(),
+            part_tag=part_tag,
         )
     return downloaded.model_copy(
         update={"relay_base_url": public_url(block.base_url), "relay_style": block.api_style}
@@ -107,10 +121,11 @@ async def download_generation(
     name="publish-generation",
     task_run_name="publish-{downloaded.generation.id}",
     cache_policy=NO_CACHE,
+    timeout_seconds=PUBLISH_BACKSTOP_SECONDS,
 )
 async def publish_generation(
     downloaded: DownloadedGeneration,
-    destination: Any = None,
+    destination: Destination | None = None,
     request: GenerationRequest | None = None,
     timeline: dict[str, datetime] | None = None,
     create_artifacts: bool = True,
@@ -134,9 +149,10 @@ async def publish_generation(
     """
     generation = downloaded.generation
     storage = storage_for(downloaded.destination if destination is None else destination)
-    folder = check_generation_id(generation.id)
     manifest = build_manifest(downloaded, request=request, timeline=timeline)
-    manifest_path = storage.write_bytes(f"{folder}/{MANIFEST_NAME}", manifest_bytes(manifest))
+    manifest_path = storage.write_bytes(
+        f"{generation.id}/{MANIFEST_NAME}", manifest_bytes(manifest)
+    )
     keys: list[str] = []
     if create_artifacts:
         key = artifact_key("luma-generation", generation.id)

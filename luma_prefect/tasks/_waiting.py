@@ -11,7 +11,7 @@ from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifa
 from luma_prefect._exceptions import (
     LumaError,
 )
-from luma_prefect._models import Generation, check_generation_id
+from luma_prefect._models import Generation, GenerationId, check_generation_id
 from luma_prefect.tasks import _common
 from luma_prefect.tasks._common import (
     READ_OPTIONS,
@@ -26,7 +26,7 @@ from luma_prefect.wait._engine import wait_for_generations as _wait_engine
 @task(name="wait-for-generation", task_run_name="wait-for-{generation_id}", **READ_OPTIONS)
 async def wait_for_generation(
     credentials: CredentialsInput,
-    generation_id: str,
+    generation_id: GenerationId,
     until: StatesInput = ("completed",),
     timeout_seconds: float = 1800.0,
     poll_interval_seconds: float = 5.0,
@@ -67,7 +67,7 @@ async def wait_for_generation(
 @task(name="wait-for-generations", **READ_OPTIONS)
 async def wait_for_generations(
     credentials: CredentialsInput,
-    generation_ids: list[str],
+    generation_ids: list[GenerationId],
     until: StatesInput = ("completed",),
     timeout_seconds: float = 1800.0,
     poll_interval_seconds: float = 5.0,
@@ -123,6 +123,8 @@ async def _wait(
     return_when: Literal["all", "first"] = "all",
     **client_options: Any,
 ) -> list[Generation | LumaError | None]:
+    # Prefect does not validate task parameters: the ids are checked here, where they enter.
+    ids = [check_generation_id(i) for i in generation_ids]
     settings = WaitSettings(
         until=normalise_states(until),
         timeout_seconds=timeout_seconds,
@@ -133,7 +135,7 @@ async def _wait(
     on_progress = None
     if progress_artifact:
         artifact_id = await acreate_progress_artifact(
-            progress=0.0, description=f"Waiting for {len(generation_ids)} Luma generation(s)."
+            progress=0.0, description=f"Waiting for {len(ids)} Luma generation(s)."
         )
 
         async def on_progress(done: int, total: int) -> None:
@@ -142,11 +144,11 @@ async def _wait(
     async with await client_for(credentials, **client_options) as client:
         results = await _wait_engine(
             client,
-            generation_ids,
+            ids,
             settings,
             clock=_common.wait_clock,
             logger=logger,
             on_progress=on_progress,
             return_when=return_when,
         )
-    return [results.get(check_generation_id(i)) for i in generation_ids]
+    return [results.get(i) for i in ids]

@@ -12,7 +12,7 @@ import copy
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 from luma_prefect._exceptions import (
     LumaAuthError,
@@ -26,6 +26,7 @@ from luma_prefect._exceptions import (
     LumaWaitTimeout,
 )
 from luma_prefect._models import Generation, GenerationState, VideoAsset, check_generation_id
+from luma_prefect._retry import RetryPolicy
 from luma_prefect.relay._client import LumaClient
 from luma_prefect.wait._settings import Clock, SystemClock, WaitSettings, normalise_states
 
@@ -35,11 +36,10 @@ __all__ = ["Clock", "SystemClock", "WaitSettings", "normalise_states", "wait_for
 _TRANSIENT = (LumaServerError, LumaTransportError, LumaProtocolError, LumaRateLimitError)
 # Per-id logging stops being useful (and costs the Prefect API) on large batches.
 _LOG_EACH_ID_UP_TO = 25
-# Seconds a poll may run past the deadline: room for the one last poll to answer.
-_POLL_GRACE = 10.0
 
 
 ProgressCallback = Callable[[int, int], Awaitable[None]]
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -71,13 +71,6 @@ async def wait_for_generations(
     its wait (`LumaGenerationFailed`, `LumaWaitTimeout`, `LumaNotFoundError`, or the error
     that exhausted the error budget). One id's failure never loses another's result.
     `LumaAuthError` ends the whole wait at once, raised.
-
-    Example:
-        ```python
-        async with credentials.get_client() as client:
-            results = await wait_for_generations(client, ids, WaitSettings(timeout_seconds=600))
-        done = [r for r in results.values() if isinstance(r, Generation)]
-        ```
     """
     clock = clock or SystemClock()
     log = logger or logging.getLogger("luma_prefect.wait")
@@ -95,7 +88,12 @@ async def wait_for_generations(
         last_round = now >= deadline
         retry_after: float | None = None
         try:
-            found = await _bounded_poll(client, list(pending), deadline - now)
+            found = await _bounded(
+                client,
+                _poll(client, list(pending)),
+                deadline - now,
+                f"Polling {len(pending)} generation(s)",
+            )
         except LumaAuthError:
             raise
         except _TRANSIENT as exc:
@@ -118,7 +116,7 @@ async def wait_for_generations(
             errors_in_row, first_error_at = 0, None
             elapsed = now - started
             changed = await _absorb(
-                client, pending, results, found, settings, elapsed, log, log_each
+                client, pending, results, found, settings, elapsed, log, log_each, clock, deadline
             )
             if changed:
                 interval = settings.poll_interval_seconds
@@ -143,17 +141,14 @@ async def wait_for_generations(
     return {i: results[i] for i in ids if i in results}
 
 
-async def _bounded_poll(
-    client: LumaClient, ids: list[str], seconds_left: float
-) -> dict[str, Generation]:
-    """One round, cut off shortly after the deadline: the client's own retries (and a
-    relay's long Retry-After) must not stretch a wait past it."""
+async def _bounded(client: LumaClient, call: Awaitable[_T], seconds_left: float, what: str) -> _T:
+    """A relay call of the wait, cut off at most one call's bound (the client's per-request
+    deadline) past the wait's deadline: the client's retries, a relay's long Retry-After or
+    a video-link lookup must not stretch a wait past it."""
     try:
-        return await asyncio.wait_for(_poll(client, ids), max(seconds_left, 0.0) + _POLL_GRACE)
+        return await asyncio.wait_for(call, max(seconds_left, 0.0) + client.timeout_seconds)
     except asyncio.TimeoutError:
-        raise LumaTransportError(
-            f"Polling {len(ids)} generation(s) did not finish before the wait's deadline."
-        ) from None
+        raise LumaTransportError(f"{what} did not finish before the wait's deadline.") from None
 
 
 async def _poll(client: LumaClient, ids: list[str]) -> dict[str, Generation]:
@@ -174,6 +169,8 @@ async def _absorb(
     elapsed: float,
     log: logging.Logger | logging.LoggerAdapter[logging.Logger],
     log_each: bool,
+    clock: Clock,
+    deadline: float,
 ) -> bool:
     """Take one round's answers in; True when any id changed state or left the wait."""
     changed = False
@@ -197,7 +194,10 @@ async def _absorb(
         tracked.last = generation
         if _reached(generation.state, settings.until):
             if generation.state is GenerationState.COMPLETED:
-                generation = await _with_video_link(client, generation, tracked, settings, log)
+                seconds_left = deadline - clock.monotonic()
+                generation = await _with_video_link(
+                    client, generation, tracked, settings, log, seconds_left
+                )
                 if generation is None:
                     continue
             results[generation_id] = generation
@@ -232,6 +232,7 @@ async def _with_video_link(
     tracked: _Tracked,
     settings: WaitSettings,
     log: logging.Logger | logging.LoggerAdapter[logging.Logger],
+    seconds_left: float,
 ) -> Generation | None:
     """A completed generation with a no-watermark link where the relay can give one.
 
@@ -242,7 +243,12 @@ async def _with_video_link(
     if (generation.video_raw and generation.video_raw.url) or (video and video.download_url):
         return generation
     try:
-        url = await client.get_download_url(generation.id)
+        url = await _bounded(
+            client,
+            client.get_download_url(generation.id),
+            seconds_left,
+            f"Asking the video link of generation {generation.id}",
+        )
     except LumaError as exc:
         if isinstance(exc, LumaAuthError):
             raise
@@ -271,11 +277,13 @@ def _next_delay(
     errors_in_row: int,
 ) -> float:
     if errors_in_row:
-        # Back off harder while the relay is in trouble, but never past the max interval.
-        interval = min(
-            settings.poll_interval_seconds * 2 ** (errors_in_row - 1),
-            settings.max_poll_interval_seconds,
-        )
+        # Back off harder while the relay is in trouble, but never past the max interval:
+        # the one retry schedule (RetryPolicy), over the wait's own intervals.
+        interval = RetryPolicy(
+            backoff_seconds=settings.poll_interval_seconds,
+            max_backoff_seconds=settings.max_poll_interval_seconds,
+            jitter=0.0,
+        ).delay(errors_in_row)
     estimates = [
         t.last.estimate_wait_seconds
         for t in pending

@@ -25,6 +25,7 @@ def relay_env(sim: RelaySimulator, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LUMA_RELAY_BASE_URL", sim.base_url)
     monkeypatch.setenv("LUMA_RELAY_API_KEY", sim.api_key)
     monkeypatch.setenv("LUMA_RELAY_API_STYLE", sim.style)
+    monkeypatch.setenv("LUMA_RELAY_ALLOW_PRIVATE_MEDIA_HOSTS", "1")  # media on 127.0.0.1
 
 
 def test_generate_uses_the_environment_and_prints_the_files(
@@ -68,11 +69,16 @@ def test_collect_publishes_existing_ids(
 def test_collect_exits_non_zero_when_nothing_was_published(
     sim: RelaySimulator, relay_env: None, tmp_path: Path
 ) -> None:
-    result = CliRunner().invoke(app, ["collect", "../etc", "--destination", str(tmp_path)])
+    generation_id = sim.create_generation(
+        prompt="made elsewhere", state="failed", failure_reason="content moderation"
+    )
+
+    result = CliRunner().invoke(app, ["collect", generation_id, "--destination", str(tmp_path)])
 
     assert result.exit_code == 1
-    assert "not a valid generation id" in result.output
-    assert list(tmp_path.iterdir()) == []
+    assert f"Generation {generation_id}: failed" in result.output
+    assert "content moderation" in result.output
+    assert not (tmp_path / generation_id / "video.mp4").exists()
 
 
 def test_save_credentials_saves_a_loadable_block(sim: RelaySimulator, relay_env: None) -> None:
@@ -80,16 +86,23 @@ def test_save_credentials_saves_a_loadable_block(sim: RelaySimulator, relay_env:
 
     assert result.exit_code == 0, result.output
     block = LumaRelayCredentials.load("cli-test-relay")
+    assert isinstance(block, LumaRelayCredentials)
     assert block.base_url == sim.base_url
     assert block.api_key.get_secret_value() == sim.api_key
     assert sim.api_key not in result.output
 
 
-def test_save_credentials_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("LUMA_RELAY_BASE_URL", raising=False)
-    monkeypatch.delenv("LUMA_RELAY_API_KEY", raising=False)
+def test_save_credentials_says_what_the_check_found(sim: RelaySimulator, relay_env: None) -> None:
+    result = CliRunner().invoke(app, ["save-credentials", "cli-test-relay"])
 
-    result = CliRunner().invoke(app, ["save-credentials"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("\n") == 1
+    assert "; check: OK" in result.stdout
+    assert sum(sim.counters().requests.values()) == 1
 
-    assert result.exit_code == 1
-    assert "LUMA_RELAY_BASE_URL" in result.output and "LUMA_RELAY_API_KEY" in result.output
+
+def test_save_credentials_can_skip_the_check(sim: RelaySimulator, relay_env: None) -> None:
+    result = CliRunner().invoke(app, ["save-credentials", "cli-test-relay", "--no-check"])
+
+    assert result.exit_code == 0, result.output
+    assert sim.counters().requests == {}

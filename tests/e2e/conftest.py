@@ -11,6 +11,13 @@ from collections.abc import AsyncIterator
 import psutil
 import pytest
 
+from ._postgres import (
+    PostgresStack,
+    make_folder,
+    start_postgres_stack,
+    stop_postgres_stack,
+    why_no_postgres,
+)
 from ._stack import Processes, Stack, command, start_stack
 
 
@@ -32,3 +39,25 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
                 with contextlib.suppress(psutil.NoSuchProcess):
                     proc.kill()
             assert not leftovers, f"processes left behind: {leftovers}"
+
+
+@pytest.fixture(scope="session")
+async def postgres_stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[PostgresStack]:
+    """A Prefect server on a real PostgreSQL for the session; nothing of them left after."""
+    reason = why_no_postgres()
+    if reason is not None:
+        pytest.skip(f"no PostgreSQL-backed Prefect server: {reason}")
+    processes = Processes(logs=tmp_path_factory.mktemp("postgres-stack"))
+    folder = make_folder()
+    try:
+        yield await start_postgres_stack(processes, folder)
+    finally:
+        try:
+            stop_postgres_stack(processes, folder)
+        finally:
+            leftovers = processes.ours()
+            for proc in leftovers:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.kill()
+            assert not leftovers, f"processes left behind: {leftovers}"
+            assert not folder.exists(), f"PostgreSQL folder left behind: {folder}"

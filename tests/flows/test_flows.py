@@ -255,7 +255,7 @@ async def test_a_retried_run_never_pays_again_after_a_submit_that_broke_off(
     POST again (it would create a second paid generation); it says what to check instead."""
     sim.add_fault(Fault(FaultKind.DROP_CONNECTION, routes=("submit",), times=1))
 
-    with pytest.raises(LumaSubmitUncertainError, match="new idempotency_key"):
+    with pytest.raises(LumaSubmitUncertainError, match="luma-prefect resolve"):
         await generate_video.with_options(retries=1, retry_delay_seconds=0)(
             prompt="cut answer",
             credentials=sim.credentials(),

@@ -33,7 +33,7 @@ def ledger(storage: Storage, luma_clock: FakeClock) -> Ledger:
 
 def _record(ledger: Ledger, generation_id: str = GID, run: str = "run-1") -> str:
     request = GenerationRequest(prompt="a fox")
-    key = Ledger.submit_key(run, "https://relay|generations", request, None)
+    key = Ledger.submit_key(f"run:{run}", "https://relay|generations", request)
     ledger.record_submitted(
         Generation(id=generation_id, state="pending"),
         key=key,
@@ -50,7 +50,7 @@ def test_a_submission_is_found_again_by_its_key(ledger: Ledger) -> None:
 
     assert ledger.find_submission(key) == GID
     other = Ledger.submit_key(
-        "run-2", "https://relay|generations", GenerationRequest(prompt="a fox"), None
+        "run:run-2", "https://relay|generations", GenerationRequest(prompt="a fox")
     )
     assert other != key and ledger.find_submission(other) is None
 
@@ -161,3 +161,33 @@ def test_a_claim_of_a_live_process_elsewhere_waits_for_its_age(
     assert not claims.take(GID, "run-2", stale_after=FIFTEEN_MINUTES)
     luma_clock.advance(FIFTEEN_MINUTES.total_seconds())
     assert claims.take(GID, "run-2", stale_after=FIFTEEN_MINUTES)
+
+
+def test_a_submit_intent_is_in_doubt_until_recorded_resolved_or_abandoned(
+    ledger: Ledger, luma_clock: FakeClock
+) -> None:
+    request = GenerationRequest(prompt="a fox")
+    keys = [Ledger.submit_key(f"run:run-{i}", "https://relay|generations", request) for i in "abc"]
+    for key in keys:
+        ledger.begin_submission(key, "run-1", request=request, relay_base_url="https://relay")
+        luma_clock.advance(1)
+    ledger.submission_uncertain(keys[1], "HTTP 408")
+
+    assert [i.key for i in ledger.in_doubt()] == keys
+    assert ledger.in_doubt()[1].reason == "HTTP 408"
+    assert ledger.in_doubt()[0].prompt == "a fox"
+
+    ledger.resolve_submission(keys[0], Generation(id=GID, state="pending"), "by hand")
+    ledger.drop_in_doubt(keys[1], "nothing in the task list")
+
+    assert [i.key for i in ledger.in_doubt()] == [keys[2]]
+    record = ledger.get(GID)
+    assert record is not None and record.flow_run_id is None and record.request
+    assert ledger.find_submission(keys[0]) == GID
+    assert ledger.find_in_doubt(keys[2][:8]).key == keys[2]
+    with pytest.raises(LumaConfigurationError, match="not in doubt"):
+        ledger.drop_in_doubt(keys[0], "too late")
+    with pytest.raises(LumaConfigurationError, match="No submit in doubt"):
+        ledger.find_in_doubt(keys[1][:8])
+    with pytest.raises(LumaConfigurationError, match="not a submit key"):
+        ledger.find_in_doubt("../x")

@@ -37,6 +37,7 @@ from luma_prefect import (
     LumaSubmitUncertainError,
     LumaTransportError,
     LumaWaitTimeout,
+    RetryPolicy,
 )
 from luma_prefect import tasks as luma_tasks
 from luma_prefect.credentials import LumaRelayCredentials
@@ -155,7 +156,7 @@ def test_read_tasks_never_cache() -> None:
     for read in (fetch_generation, fetch_generations, wait_for_generation, wait_for_generations):
         assert read.cache_policy is NO_CACHE, read.name
         assert read.retry_condition_fn is retry_on_transient_errors
-        assert read.retries >= 1
+        assert read.retries == 0  # the client's RetryPolicy is the one retry schedule
     for paid in (submit_generation, extend_generation):
         assert paid.retries == 0
         assert paid.cache_key_fn is not None
@@ -247,7 +248,7 @@ def test_retry_condition(error: BaseException, retry: bool) -> None:
     assert retry_on_transient_errors(fetch_generation, task_run, failed(error)) is retry
 
 
-async def test_prefect_retries_server_errors_but_not_a_refused_key(
+async def test_one_retry_schedule_reaches_the_relay_by_the_policy_s_attempts_only(
     sim: RelaySimulator, clock: FakeClock, creds: LumaRelayCredentials
 ) -> None:
     gid = sim.create_generation("fox", state="completed")
@@ -275,10 +276,13 @@ async def test_prefect_retries_server_errors_but_not_a_refused_key(
 
     state = await broken(return_state=True)
     assert state.is_failed()
-    # Prefect's 2 retries, each a client call with 5 retries: 3 x 6 requests.
-    assert sim.counters().requests["query"] == 3 * 6
+    # One retry schedule: the client's RetryPolicy (1 + 5 attempts), no Prefect retries
+    # stacked on top (they made it 3 x 6 = 18 requests).
+    assert sim.counters().requests["query"] == 1 + RetryPolicy().max_retries
     runs = await task_runs_of(flow_run_id_of(state))
-    assert [r.run_count for r in runs] == [3]
+    assert [r.run_count for r in runs] == [1]
+    # The client's retries were slept through the injected clock, by the policy.
+    assert len(clock.sleeps) == RetryPolicy().max_retries
 
 
 # -- the wait task's outcomes -------------------------------------------------------------
@@ -505,3 +509,12 @@ async def test_a_wait_that_gave_up_is_not_restarted_by_prefect(
     assert isinstance(error, LumaServerError)
     task_run = TaskRun(task_key="k", dynamic_key="0", name="t", flow_run_id=uuid.uuid4())
     assert retry_on_transient_errors(fetch_generation, task_run, failed(error)) is False
+
+
+def test_every_task_has_a_prefect_timeout_and_none_retries_on_top_of_the_client() -> None:
+    static = [fetch_generation, fetch_generations, submit_generation, extend_generation]
+    static += [luma_tasks.download_generation, luma_tasks.publish_generation]
+    for task in static:
+        assert task.timeout_seconds and task.timeout_seconds > 0, task.name
+    for task in [*static, wait_for_generation, wait_for_generations]:
+        assert task.retries == 0, task.name
