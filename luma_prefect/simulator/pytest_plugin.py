@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -83,8 +84,12 @@ class FakeClock:
 
     Give it to the wait engine (`clock=`) and to clients (`get_client(sleep=clock.sleep)`):
     a 30-minute wait runs in milliseconds and nothing really sleeps. `sleeps` records every
-    sleep asked, in order; `hooks` run before each sleep with the fake time; `wall()` is
-    the matching UTC time, for code that takes a `Callable[[], datetime]`.
+    sleep asked, in order; `hooks` run before each sleep with the fake time (a hook may be
+    async); `wall()` is the matching UTC time, for code that takes a
+    `Callable[[], datetime]`.
+
+    With `manual=True`, time moves only when the test calls `advance()`: a sleep waits
+    until fake time passes its end, so a test can check what happens inside a window.
 
     Example:
         ```python
@@ -99,12 +104,16 @@ class FakeClock:
     #: The wall time at fake time 0 unless `epoch` is given.
     EPOCH = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
 
-    def __init__(self, *simulators: RelaySimulator, epoch: datetime | None = None) -> None:
+    def __init__(
+        self, *simulators: RelaySimulator, epoch: datetime | None = None, manual: bool = False
+    ) -> None:
         self.epoch = epoch or self.EPOCH
         self.now = 0.0
+        self.manual = manual
         self.simulators = list(simulators)
         self.sleeps: list[float] = []
-        self.hooks: list[Callable[[float], None]] = []
+        self.hooks: list[Callable[[float], object]] = []
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
 
     def monotonic(self) -> float:
         return self.now
@@ -113,15 +122,28 @@ class FakeClock:
         return self.epoch + timedelta(seconds=self.now)
 
     def advance(self, seconds: float) -> None:
-        """Move fake time and the simulators' clocks without a sleep being asked."""
+        """Move fake time and the simulators' clocks without a sleep being asked; wake the
+        sleeps (of a `manual` clock) whose end it passes."""
         self.now += seconds
         for simulator in self.simulators:
             simulator.advance(seconds)
+        due = [entry for entry in self._sleepers if entry[0] <= self.now]
+        self._sleepers = [entry for entry in self._sleepers if entry[0] > self.now]
+        for _, woken in due:
+            if not woken.done():
+                woken.set_result(None)
 
     async def sleep(self, seconds: float) -> None:
         for hook in self.hooks:
-            hook(self.now)
+            result = hook(self.now)
+            if inspect.isawaitable(result):
+                await result
         self.sleeps.append(seconds)
+        if self.manual:
+            woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._sleepers.append((self.now + seconds, woken))
+            await woken
+            return
         self.advance(seconds)
         # Yield like a real sleep would, so cancellation and other tasks get their turn.
         await asyncio.sleep(0)

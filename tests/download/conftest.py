@@ -90,34 +90,11 @@ def tree(root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
 
-class ManualClock:
-    """Time that moves only when a test says so; `sleep` waits for `advance` to pass it."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._sleepers.append((self.now + seconds, woken))
-        await woken
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-        due = [entry for entry in self._sleepers if entry[0] <= self.now]
-        self._sleepers = [entry for entry in self._sleepers if entry[0] > self.now]
-        for _, woken in due:
-            if not woken.done():
-                woken.set_result(None)
-
-
 async def eventually(condition: Callable[[], bool], what: str, limit: float = 10.0) -> None:
     """Wait (yielding to the loop) until `condition()` holds; fails after `limit` real seconds.
 
-    For events in the simulator's thread, never for time-based logic (that is `ManualClock`).
+    For events in the simulator's thread, never for time-based logic (that is the
+    plugin's `FakeClock(manual=True)`).
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limit

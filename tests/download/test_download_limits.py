@@ -1,5 +1,5 @@
 """Every media transfer ends: a stalled or trickling body is cut and resumed, and a file that
-outlives its total deadline fails (part kept). Time here is a `ManualClock`: no sleeps."""
+outlives its total deadline fails (part kept). Time here is a manual `FakeClock`: no sleeps."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ from luma_prefect import LumaClient, LumaDownloadError
 from luma_prefect.delivery._download import TransferLimits, download_generation_files
 from luma_prefect.simulator import Fault, FaultKind, RelaySimulator
 from luma_prefect.simulator._media import synthetic_bytes
+from luma_prefect.simulator.pytest_plugin import FakeClock
 from luma_prefect.storage import storage_for
 
-from .conftest import MIB, ManualClock, eventually
+from .conftest import MIB, eventually
 
 SIZE = 3 * MIB
 LIMITS = TransferLimits(deadline_seconds=600.0, stall_seconds=30.0, stall_bytes=64 * 1024)
@@ -28,7 +29,7 @@ def media_requests(sim: RelaySimulator, generation_id: str) -> int:
     return sim.counters().media_requests_by_generation.get(generation_id, 0)
 
 
-async def advance_until_done(clock: ManualClock, download: asyncio.Future[Any]) -> Any:
+async def advance_until_done(clock: FakeClock, download: asyncio.Future[Any]) -> Any:
     """One stall window at a time, letting the transfer notice each, until it ends."""
     for _ in range(40):
         clock.advance(LIMITS.stall_seconds)
@@ -51,7 +52,7 @@ async def test_a_stalled_or_trickling_body_is_cut_and_resumed(
     generation = await completed()
     # After 1 MiB: silence, or a byte every 10 ms (the rest would take ~6 hours).
     sim.add_fault(Fault(kind, after_bytes=MIB, delay_seconds=0.01, times=1))
-    clock = ManualClock()
+    clock = FakeClock(manual=True)
     written: list[int] = []
     download = asyncio.ensure_future(
         download_generation_files(
@@ -86,7 +87,7 @@ async def test_a_body_that_stalls_from_its_first_byte_is_cut_after_one_window(
 ) -> None:
     generation = await completed()
     sim.add_fault(Fault(FaultKind.STALL_BODY, after_bytes=0, times=1))
-    clock = ManualClock()
+    clock = FakeClock(manual=True)
     download = asyncio.ensure_future(
         download_generation_files(
             client,
@@ -122,7 +123,7 @@ async def test_a_file_that_outlives_its_deadline_fails_and_keeps_its_part(
     # A trickle fast enough for the stall check (a window of an hour), never ending in time.
     sim.add_fault(Fault(FaultKind.TRICKLE_BODY, after_bytes=MIB, delay_seconds=0.01))
     limits = TransferLimits(deadline_seconds=120.0, stall_seconds=3600.0, stall_bytes=1)
-    clock = ManualClock()
+    clock = FakeClock(manual=True)
     written: list[int] = []
     download = asyncio.ensure_future(
         download_generation_files(

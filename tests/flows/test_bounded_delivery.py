@@ -27,6 +27,7 @@ from luma_prefect.delivery._download import download_generation_files
 from luma_prefect.flows import collect_generations, collect_pending, generate_video
 from luma_prefect.ledger._records import Ledger
 from luma_prefect.simulator import Fault, FaultKind, RelaySimulator
+from luma_prefect.simulator.pytest_plugin import FakeClock
 from luma_prefect.storage import storage_for
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -77,23 +78,17 @@ async def test_generate_video_holds_a_live_claim_through_a_long_wait(
     ledger = Ledger(storage_for(str(tmp_path)))
     seen: list[tuple[float, bool, bool]] = []
 
-    class Clock:
-        now = 0.0
+    async def look(now: float) -> None:
+        """Before each sleep of the wait: what a sweep would see of the claim."""
+        records = ledger.unfinished()
+        if records:
+            record = records[0]
+            judged = await steps.left_behind(ledger, record)
+            seen.append((now, ledger.claim_live(record.generation_id), judged))
 
-        def monotonic(self) -> float:
-            return self.now
-
-        async def sleep(self, seconds: float) -> None:
-            records = ledger.unfinished()
-            if records:
-                record = records[0]
-                judged = await steps.left_behind(ledger, record)
-                seen.append((self.now, ledger.claim_live(record.generation_id), judged))
-            self.now += seconds
-            sim.advance(seconds)
-            await asyncio.sleep(0)
-
-    monkeypatch.setattr(luma_prefect.tasks._common, "wait_clock", Clock())
+    clock = FakeClock(sim)
+    clock.hooks.append(look)
+    monkeypatch.setattr(luma_prefect.tasks._common, "wait_clock", clock)
 
     published = await generate_video(
         prompt="three hours",

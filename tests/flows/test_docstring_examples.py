@@ -28,6 +28,7 @@ import luma_prefect.tasks
 import luma_prefect.tasks._common
 from luma_prefect import GenerationRequest, LumaError, LumaRelayCredentials
 from luma_prefect.simulator import RelaySimulator, SimulatorConfig
+from luma_prefect.simulator.pytest_plugin import FakeClock
 
 _BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 _PLACEHOLDER_ID = "4665a07c-7641-4809-a133-10786201bb56"
@@ -80,22 +81,6 @@ def test_there_are_examples_to_run() -> None:
     assert "luma_prefect.LumaClient.get_generation#0" in ids
 
 
-class _DrivenClock:
-    """Sleeps return at once and move the simulator's clock."""
-
-    def __init__(self, simulator: RelaySimulator) -> None:
-        self.now = 0.0
-        self.simulator = simulator
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        self.simulator.advance(seconds)
-        await asyncio.sleep(0)
-
-
 @pytest.fixture(scope="module")
 def shared(
     prefect_harness: None, tmp_path_factory: pytest.TempPathFactory
@@ -103,7 +88,7 @@ def shared(
     """One simulator, the saved block and a published generation, for every example."""
     config = SimulatorConfig(manual_clock=True, pending_seconds=20.0, processing_seconds=40.0)
     with RelaySimulator(config) as sim, pytest.MonkeyPatch.context() as patch:
-        patch.setattr(luma_prefect.tasks._common, "wait_clock", _DrivenClock(sim))
+        patch.setattr(luma_prefect.tasks._common, "wait_clock", FakeClock(sim))
         credentials = LumaRelayCredentials.model_validate(sim.connection())
         credentials.save("luma-relay", overwrite=True)
         ids = [sim.create_generation(prompt=f"seeded {i}", state="completed") for i in range(3)]

@@ -3,24 +3,17 @@ past its lease or dead, and fenced by a token so a late holder cannot act (issue
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from luma_prefect.ledger._claims import Claims
+from luma_prefect.simulator.pytest_plugin import FakeClock
 from luma_prefect.storage import Storage, storage_for
 
 GID = "4665a07c-7641-4809-a133-10786201bb56"
 LEASE = timedelta(minutes=2)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -30,30 +23,32 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
     return storage_for(f"memory://lease-test-{tmp_path.name}")
 
 
-def test_a_renewed_claim_outlives_its_lease_and_keeps_others_out(storage: Storage) -> None:
-    clock = Clock()
-    claims = Claims(storage, "claims", clock=clock)
+def test_a_renewed_claim_outlives_its_lease_and_keeps_others_out(
+    storage: Storage, luma_clock: FakeClock
+) -> None:
+    claims = Claims(storage, "claims", clock=luma_clock.wall)
     lease = claims.take(GID, "slow-download", stale_after=LEASE)
     assert lease
 
     # A delivery working for an hour, renewing every 30 s, keeps its claim all along.
     for _ in range(120):
-        clock.now += timedelta(seconds=30)
+        luma_clock.advance(30)
         assert claims.renew(lease)
         assert claims.live(GID)
         assert claims.take(GID, "sweep", stale_after=LEASE) is None
     assert claims.holds(lease)
 
 
-def test_a_holder_silent_past_its_lease_is_taken_over_and_fenced_out(storage: Storage) -> None:
-    clock = Clock()
-    claims = Claims(storage, "claims", clock=clock)
+def test_a_holder_silent_past_its_lease_is_taken_over_and_fenced_out(
+    storage: Storage, luma_clock: FakeClock
+) -> None:
+    claims = Claims(storage, "claims", clock=luma_clock.wall)
     first = claims.take(GID, "paused", stale_after=LEASE)
     assert first
-    clock.now += LEASE - timedelta(seconds=1)
+    luma_clock.advance(LEASE.total_seconds() - 1)
     assert claims.take(GID, "sweep", stale_after=LEASE) is None  # not yet silent enough
 
-    clock.now += timedelta(seconds=1)
+    luma_clock.advance(1)
     assert not claims.live(GID)
     second = claims.take(GID, "sweep", stale_after=LEASE)
     assert second and second.token != first.token
@@ -65,13 +60,14 @@ def test_a_holder_silent_past_its_lease_is_taken_over_and_fenced_out(storage: St
     assert claims.holds(second) and claims.owner(GID) == "sweep"
 
 
-def test_the_same_owner_in_another_process_is_another_holder(storage: Storage) -> None:
-    clock = Clock()
-    claims = Claims(storage, "claims", clock=clock)
+def test_the_same_owner_in_another_process_is_another_holder(
+    storage: Storage, luma_clock: FakeClock
+) -> None:
+    claims = Claims(storage, "claims", clock=luma_clock.wall)
     body = {
         "owner": "run-1",
         "token": "t1",
-        "at": clock().isoformat(),
+        "at": luma_clock.wall().isoformat(),
         "lease_seconds": LEASE.total_seconds(),
         "machine": "other-host",
         "pid": 1,
@@ -82,8 +78,8 @@ def test_the_same_owner_in_another_process_is_another_holder(storage: Storage) -
     assert claims.take(GID, "run-1", stale_after=LEASE) is None
 
 
-def test_a_released_lease_is_free_and_not_live(storage: Storage) -> None:
-    claims = Claims(storage, "claims", clock=Clock())
+def test_a_released_lease_is_free_and_not_live(storage: Storage, luma_clock: FakeClock) -> None:
+    claims = Claims(storage, "claims", clock=luma_clock.wall)
     lease = claims.take(GID, "run-1", stale_after=LEASE)
     assert lease
     claims.release(GID, lease)
