@@ -17,6 +17,24 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+
+    _TOMLError: type[Exception] = tomllib.TOMLDecodeError
+
+    def _read_toml(text: str) -> dict[str, Any]:
+        return tomllib.loads(text)
+
+else:  # Python 3.10: `toml`, which Prefect depends on there for the same file
+    import toml
+
+    _TOMLError = toml.TomlDecodeError
+
+    def _read_toml(text: str) -> dict[str, Any]:
+        return toml.loads(text)
+
 
 __all__ = ["use_private_prefect_home"]
 
@@ -49,9 +67,28 @@ def use_private_prefect_home() -> Path | None:
 
 
 def _profile_api_url() -> str | None:
-    """The server named by the active profile (`prefect config set PREFECT_API_URL=...`)."""
-    if "prefect.context" not in sys.modules:
-        return None  # not imported yet: nothing read, and nothing to read it for us
-    from prefect.settings import get_current_settings
+    """The server named by the active profile (`prefect config set PREFECT_API_URL=...`).
 
-    return get_current_settings().api.url
+    Read the way Prefect reads it, without importing Prefect (the command line imports it
+    only after this decision) and without writing anything: the profiles file is
+    `PREFECT_PROFILES_PATH`, else `profiles.toml` in `PREFECT_HOME` or `~/.prefect`; the
+    active profile is `PREFECT_PROFILE`, else the file's `active` key. A missing, unreadable
+    or invalid file, or an active profile it does not hold, names no server (Prefect then
+    uses its default `ephemeral` profile, which names none either).
+    """
+    if os.environ.get("PREFECT_PROFILES_PATH"):
+        path = Path(os.environ["PREFECT_PROFILES_PATH"])
+    else:
+        home = os.environ.get("PREFECT_HOME")
+        path = (Path(home) if home else Path.home() / ".prefect") / "profiles.toml"
+    try:
+        contents = _read_toml(path.expanduser().read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, _TOMLError):
+        return None
+    active = os.environ.get("PREFECT_PROFILE") or contents.get("active")
+    profiles = contents.get("profiles")
+    if not isinstance(active, str) or not isinstance(profiles, dict):
+        return None
+    profile = profiles.get(active)
+    url = profile.get("PREFECT_API_URL") if isinstance(profile, dict) else None
+    return url if isinstance(url, str) and url else None
