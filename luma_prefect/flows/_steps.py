@@ -37,6 +37,7 @@ from luma_prefect._models import Generation, GenerationRequest, check_generation
 from luma_prefect._outcomes import AssetName, GenerationOutcome
 from luma_prefect._urls import public_url
 from luma_prefect.credentials import LumaRelayCredentials
+from luma_prefect.delivery._download import discard_holder_parts
 from luma_prefect.delivery._publish import (
     EVENT_COMPLETED,
     EVENT_FAILED,
@@ -54,7 +55,7 @@ from luma_prefect.ledger._identity import (
     root_flow_run_id,
 )
 from luma_prefect.ledger._records import Ledger, LedgerRecord, SubmitIntent
-from luma_prefect.storage import storage_for
+from luma_prefect.storage import Storage, storage_for
 from luma_prefect.tasks import (
     download_generation,
     publish_generation,
@@ -491,6 +492,8 @@ async def _deliver_held(
     emit_generation_event(EVENT_COMPLETED, generation)
     storage = storage_for(destination)
     tag = hashlib.sha256(lease.owner.encode()).hexdigest()[:12]
+    # Parts of earlier holders (killed mid-download) are never resumed by anyone else.
+    await _discard_parts(storage, generation.id, keep=tag)
     for _attempt in range(2):
         downloaded = await download_generation(
             block, generation, destination, assets=assets, part_tag=tag
@@ -529,12 +532,26 @@ async def _deliver_held(
         )
     await _check_held(ledger, lease)
     ledger.mark(generation.id, "published")
+    # Ours are all committed; any other is a late write of a holder taken over meanwhile.
+    await _discard_parts(storage, generation.id, keep=None)
     return GenerationOutcome(
         generation_id=generation.id,
         status="published",
         published=published,
         generation=generation,
     )
+
+
+async def _discard_parts(storage: Storage, generation_id: str, *, keep: str | None) -> None:
+    try:
+        removed = await asyncio.to_thread(discard_holder_parts, storage, generation_id, keep=keep)
+    except (OSError, LumaError) as exc:  # tidying up never fails a delivery
+        get_run_logger().warning("Could not remove old part files of %s: %s", generation_id, exc)
+        return
+    if removed:
+        get_run_logger().info(
+            "Removed %d part file(s) of %s left by an earlier holder.", len(removed), generation_id
+        )
 
 
 def _owner() -> str:

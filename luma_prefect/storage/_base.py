@@ -100,3 +100,8 @@ class Storage(ABC):
     @abstractmethod
     def open_part(self, relpath: str) -> PartFile:
         """The `.part` file of a download of `relpath`, kept across runs for resuming."""
+
+    @abstractmethod
+    def parts(self, relfolder: str) -> list[str]:
+        """The downloads in progress kept for files in `relfolder`: the `relpath`s that
+        `open_part` was given, sorted (also where parts are staged outside the storage)."""
