@@ -705,8 +705,8 @@ async def left_behind(ledger: Ledger, record: LedgerRecord) -> bool:
     A run still at work (waiting, downloading) holds the generation's claim and renews it:
     taking it from under it would fail a healthy run or publish twice, however long its
     wait. Left behind means: nobody holds a live claim, and the submitting flow run is over
-    or its claim's process is dead, or it has held no claim for a whole lease (a worker
-    killed without anyone marking its flow run Crashed).
+    or its claim's process (or the one that recorded it) is dead, or it has held no claim
+    for a whole lease (a worker killed without anyone marking its flow run Crashed).
     """
     try:
         if ledger.claim_live(record.generation_id):
@@ -719,7 +719,7 @@ async def left_behind(ledger: Ledger, record: LedgerRecord) -> bool:
         return False
     if not record.flow_run_id or await _flow_run_finished(record.flow_run_id):
         return True
-    if ledger.claim_abandoned(record.generation_id):
+    if ledger.claim_abandoned(record.generation_id) or record.holder_gone():
         return True
     # Its run looks alive but holds no live claim: give it one lease to take it (the
     # moment between recording the submit and claiming), then it is left behind.

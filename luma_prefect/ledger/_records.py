@@ -109,6 +109,18 @@ class LedgerRecord(BaseModel):
     relay_style: str | None = None
     error: str | None = None
     history: list[dict[str, str]] = Field(default_factory=list)
+    holder: dict[str, Any] | None = None
+
+    def holder_gone(self) -> bool:
+        """True when the process that recorded it to go on with it is known dead (same
+        machine, PID gone): nobody will claim it after that.
+
+        Example:
+            ```python
+            record.holder_gone()
+            ```
+        """
+        return bool(self.holder) and holder_gone(self.holder or {})
 
     def times(self) -> dict[str, datetime]:
         """When the record reached each status (the latest time for each)."""
@@ -294,6 +306,8 @@ class Ledger:
             relay_base_url=relay_base_url,
             relay_style=relay_style,
             history=[{"status": "submitted", "at": self._clock().isoformat()}],
+            # The process that goes on with it: a sweep need not wait for it once it is dead.
+            holder=process_holder() if flow_run_id else None,
         )
         self._write_record(record)
         intent = self.submission(key) or SubmitIntent(key=key, state="recorded")
