@@ -223,7 +223,7 @@ async def _submit_once(
                 generation.id,
             )
             return generation.id
-        ledger.begin_submission(
+        began = ledger.begin_submission(
             key,
             flow_run_id,
             request=request,
@@ -232,6 +232,16 @@ async def _submit_once(
             relay_style=block.api_style,
             result_key=persisted_at,
         )
+        if not began:
+            # Another process (a run given the same idempotency_key) began this very submit
+            # a moment ago, between our read and our write: it pays, we never do.
+            raise LumaSubmitUncertainError(
+                "This request is being submitted by another run with the same identity right "
+                "now, so it is not sent again (that would pay twice). Run again with the same "
+                "idempotency_key once that run recorded it: its generation is reused. "
+                f"{resolve_advice(key, destination, block)}",
+                generation_id=None,
+            )
         try:
             generation = await submit_generation(block, request, scope)
         except LumaSubmitUncertainError as exc:
