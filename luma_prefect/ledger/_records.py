@@ -113,13 +113,7 @@ class LedgerRecord(BaseModel):
 
     def holder_gone(self) -> bool:
         """True when the process that recorded it to go on with it is known dead (same
-        machine, PID gone): nobody will claim it after that.
-
-        Example:
-            ```python
-            record.holder_gone()
-            ```
-        """
+        machine, PID gone): nobody will claim it after that."""
         return bool(self.holder) and holder_gone(self.holder or {})
 
     def times(self) -> dict[str, datetime]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import logging
@@ -198,7 +199,7 @@ class FsspecStorage(Storage):
         path = self.staging / (clean + ".part")
         return PartFile(path, f"{self.uri(clean)} (staged at {path})", self._commit_part)
 
-    def parts(self, relfolder: str) -> list[str]:
+    def parts(self, relfolder: str) -> builtins.list[str]:
         clean = check_relpath(relfolder)
         folder = self.staging / clean
         found = [*folder.glob("*.part"), *folder.glob("*.part.json")] if folder.is_dir() else []

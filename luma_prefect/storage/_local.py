@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 from pathlib import Path
@@ -103,7 +104,7 @@ class LocalStorage(Storage):
         path = self.path(relpath + ".part")
         return PartFile(path, str(path), self._commit_part)
 
-    def parts(self, relfolder: str) -> list[str]:
+    def parts(self, relfolder: str) -> builtins.list[str]:
         folder = self.path(relfolder)
         found = [*folder.glob("*.part"), *folder.glob("*.part.json")] if folder.is_dir() else []
         return sorted(

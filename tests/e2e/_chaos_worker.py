@@ -134,8 +134,8 @@ def _instrument(chaos: Chaos) -> None:
 
     write_chunk = part_module._write_chunk
 
-    def write_chunk_then(file: Any, pieces: Any) -> None:
-        write_chunk(file, pieces)
+    def write_chunk_then(file: Any, data: Any) -> None:
+        write_chunk(file, data)
         chaos.point("mid-part")
 
     commit = PartFile.commit

@@ -179,7 +179,12 @@ async def _start_simulator(stack: Stack) -> tuple[Child, str]:
     stack.processes.run(
         "save-chaos-credentials",
         [*simulate, "save-credentials", CREDENTIALS],
-        {**stack.env, "LUMA_RELAY_BASE_URL": url, "LUMA_RELAY_API_KEY": CHAOS_KEY},
+        {
+            **stack.env,
+            "LUMA_RELAY_BASE_URL": url,
+            "LUMA_RELAY_API_KEY": CHAOS_KEY,
+            "LUMA_RELAY_ALLOW_PRIVATE_MEDIA_HOSTS": "1",  # the simulator's media: 127.0.0.1
+        },
     )
     return simulator, url
 

@@ -134,7 +134,7 @@ def test_parts_are_listed_with_or_without_their_bytes(tmp_path: Path, where: str
     gid = "4665a07c-7641-4809-a133-10786201bb56"
     whole = storage.open_part(f"{gid}/video.aaaa")
     with whole.writer(append=False) as write:
-        write([b"bytes"])
+        write(b"bytes")
     whole.write_meta({"kind": "video_raw"})
     storage.open_part(f"{gid}/thumbnail.bbbb").write_meta({"kind": "thumbnail"})
     storage.open_part(f"{gid}/last_frame").write_meta({"kind": "last_frame"})
