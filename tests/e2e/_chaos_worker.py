@@ -50,6 +50,13 @@ POINTS = {
 }
 
 
+def _put(path: Path, text: str) -> None:
+    """Write a whole file at once: the test polls for these and must never read half."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}")
+    temp.write_text(text)
+    os.replace(temp, path)
+
+
 class Chaos:
     """One child's phase, kill plan and audit trail."""
 
@@ -77,7 +84,7 @@ class Chaos:
 
     def kill(self, how: str) -> None:
         note = json.dumps({"how": how, "phase": self.phase})
-        (self.jobdir / f"{self.name}.killed").write_text(note)
+        _put(self.jobdir / f"{self.name}.killed", note)
         os.kill(os.getpid(), signal.SIGKILL)
 
     def audit(self, what: str, generation_id: str) -> None:
@@ -171,7 +178,7 @@ def _instrument(chaos: Chaos) -> None:
     async def settle_in_doubt(*args: Any, **kwargs: Any) -> Any:
         left = await settle(*args, **kwargs)
         report = [{"key": i.key, "prompt": i.prompt} for i in left]
-        (chaos.jobdir / f"{chaos.name}.in_doubt.json").write_text(json.dumps(report))
+        _put(chaos.jobdir / f"{chaos.name}.in_doubt.json", json.dumps(report))
         return left
 
     Ledger.begin_submission = begin_submission  # type: ignore[method-assign]
@@ -254,7 +261,7 @@ def main(jobdir: Path) -> None:
                 return
             name = children.pop(pid, None)
             if name is not None:
-                (jobdir / f"{name}.exit").write_text(str(os.waitstatus_to_exitcode(status)))
+                _put(jobdir / f"{name}.exit", str(os.waitstatus_to_exitcode(status)))
 
     stdin = sys.stdin.buffer
     buffer = b""
@@ -273,7 +280,7 @@ def main(jobdir: Path) -> None:
                 job = json.loads(line)
                 pid = _fork(jobdir, job)
                 children[pid] = job["name"]
-                (jobdir / f"{job['name']}.pid").write_text(str(pid))
+                _put(jobdir / f"{job['name']}.pid", str(pid))
     for pid in list(children):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
