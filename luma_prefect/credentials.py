@@ -182,7 +182,7 @@ class LumaRelayCredentials(CredentialsBlock):
         Example:
             ```python
             async with credentials.get_media_client() as http:
-                await download_generation_files(client, generation, storage, http=http)
+                response = await http.get(generation.best_video_url)
             ```
         """
         from luma_prefect.delivery._transfer import media_client

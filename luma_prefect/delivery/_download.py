@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from luma_prefect._exceptions import LumaConfigurationError, LumaDownloadError, LumaError
-from luma_prefect._models import Generation, GenerationState
+from luma_prefect._models import Generation, GenerationState, check_generation_id
 from luma_prefect._outcomes import DownloadedAsset, DownloadedGeneration
 from luma_prefect._urls import public_url
 from luma_prefect.delivery._transfer import (
@@ -48,6 +48,7 @@ __all__ = [
     "VIDEO_SOURCES",
     "ProgressCallback",
     "TransferLimits",
+    "discard_holder_parts",
     "download_generation_files",
     "media_client",
 ]
@@ -248,6 +249,24 @@ async def download_generation_files(
         assets={a.name: a for a in outcomes if isinstance(a, DownloadedAsset)},
         downloaded_at=datetime.now(timezone.utc),
     )
+
+
+def discard_holder_parts(storage: Storage, generation_id: str, *, keep: str | None) -> list[str]:
+    """Remove the part files of a generation that other holders left (`<asset>.<tag>.part`
+    whose tag is not `keep`); returns the names removed.
+
+    Only for the holder of the generation's claim: every other holder has lost it (dead,
+    or silent past its lease), and a part is only resumed by the holder that wrote it, so
+    theirs would stay forever. Untagged parts (downloads outside any claim) are left alone.
+    """
+    gid = check_generation_id(generation_id)
+    removed = []
+    for relpath in storage.parts(gid):
+        asset, _, tag = relpath.rsplit("/", 1)[-1].partition(".")
+        if asset in ASSET_NAMES and tag.isascii() and tag.isalnum() and tag != keep:
+            storage.open_part(relpath).discard()
+            removed.append(relpath)
+    return removed
 
 
 def _check_options(

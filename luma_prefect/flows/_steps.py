@@ -37,6 +37,7 @@ from luma_prefect._models import Generation, GenerationRequest, check_generation
 from luma_prefect._outcomes import AssetName, GenerationOutcome
 from luma_prefect._urls import public_url
 from luma_prefect.credentials import LumaRelayCredentials
+from luma_prefect.delivery._download import discard_holder_parts
 from luma_prefect.delivery._publish import (
     EVENT_COMPLETED,
     EVENT_FAILED,
@@ -54,7 +55,7 @@ from luma_prefect.ledger._identity import (
     root_flow_run_id,
 )
 from luma_prefect.ledger._records import Ledger, LedgerRecord, SubmitIntent
-from luma_prefect.storage import storage_for
+from luma_prefect.storage import Storage, storage_for
 from luma_prefect.tasks import (
     download_generation,
     publish_generation,
@@ -222,7 +223,7 @@ async def _submit_once(
                 generation.id,
             )
             return generation.id
-        ledger.begin_submission(
+        began = ledger.begin_submission(
             key,
             flow_run_id,
             request=request,
@@ -231,6 +232,16 @@ async def _submit_once(
             relay_style=block.api_style,
             result_key=persisted_at,
         )
+        if not began:
+            # Another process (a run given the same idempotency_key) began this very submit
+            # a moment ago, between our read and our write: it pays, we never do.
+            raise LumaSubmitUncertainError(
+                "This request is being submitted by another run with the same identity right "
+                "now, so it is not sent again (that would pay twice). Run again with the same "
+                "idempotency_key once that run recorded it: its generation is reused. "
+                f"{resolve_advice(key, destination, block)}",
+                generation_id=None,
+            )
         try:
             generation = await submit_generation(block, request, scope)
         except LumaSubmitUncertainError as exc:
@@ -491,6 +502,8 @@ async def _deliver_held(
     emit_generation_event(EVENT_COMPLETED, generation)
     storage = storage_for(destination)
     tag = hashlib.sha256(lease.owner.encode()).hexdigest()[:12]
+    # Parts of earlier holders (killed mid-download) are never resumed by anyone else.
+    await _discard_parts(storage, generation.id, keep=tag)
     for _attempt in range(2):
         downloaded = await download_generation(
             block, generation, destination, assets=assets, part_tag=tag
@@ -529,12 +542,26 @@ async def _deliver_held(
         )
     await _check_held(ledger, lease)
     ledger.mark(generation.id, "published")
+    # Ours are all committed; any other is a late write of a holder taken over meanwhile.
+    await _discard_parts(storage, generation.id, keep=None)
     return GenerationOutcome(
         generation_id=generation.id,
         status="published",
         published=published,
         generation=generation,
     )
+
+
+async def _discard_parts(storage: Storage, generation_id: str, *, keep: str | None) -> None:
+    try:
+        removed = await asyncio.to_thread(discard_holder_parts, storage, generation_id, keep=keep)
+    except (OSError, LumaError) as exc:  # tidying up never fails a delivery
+        get_run_logger().warning("Could not remove old part files of %s: %s", generation_id, exc)
+        return
+    if removed:
+        get_run_logger().info(
+            "Removed %d part file(s) of %s left by an earlier holder.", len(removed), generation_id
+        )
 
 
 def _owner() -> str:
@@ -688,8 +715,8 @@ async def left_behind(ledger: Ledger, record: LedgerRecord) -> bool:
     A run still at work (waiting, downloading) holds the generation's claim and renews it:
     taking it from under it would fail a healthy run or publish twice, however long its
     wait. Left behind means: nobody holds a live claim, and the submitting flow run is over
-    or its claim's process is dead, or it has held no claim for a whole lease (a worker
-    killed without anyone marking its flow run Crashed).
+    or its claim's process (or the one that recorded it) is dead, or it has held no claim
+    for a whole lease (a worker killed without anyone marking its flow run Crashed).
     """
     try:
         if ledger.claim_live(record.generation_id):
@@ -702,7 +729,7 @@ async def left_behind(ledger: Ledger, record: LedgerRecord) -> bool:
         return False
     if not record.flow_run_id or await _flow_run_finished(record.flow_run_id):
         return True
-    if ledger.claim_abandoned(record.generation_id):
+    if ledger.claim_abandoned(record.generation_id) or record.holder_gone():
         return True
     # Its run looks alive but holds no live claim: give it one lease to take it (the
     # moment between recording the submit and claiming), then it is left behind.

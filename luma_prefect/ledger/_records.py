@@ -109,6 +109,12 @@ class LedgerRecord(BaseModel):
     relay_style: str | None = None
     error: str | None = None
     history: list[dict[str, str]] = Field(default_factory=list)
+    holder: dict[str, Any] | None = None
+
+    def holder_gone(self) -> bool:
+        """True when the process that recorded it to go on with it is known dead (same
+        machine, PID gone): nobody will claim it after that."""
+        return bool(self.holder) and holder_gone(self.holder or {})
 
     def times(self) -> dict[str, datetime]:
         """When the record reached each status (the latest time for each)."""
@@ -167,11 +173,14 @@ class Ledger:
         relay_base_url: str | None = None,
         relay_style: str | None = None,
         result_key: str | None = None,
-    ) -> None:
-        """Note that a submit under this key is about to be sent (before the paid POST).
+    ) -> bool:
+        """Note that a submit under this key is about to be sent (before the paid POST);
+        False when another process began the same submit first (send nothing then).
 
         The intent says enough to find the generation again if the answer is lost: the
         request, the relay, when, which process, and where Prefect persists the result.
+        It is created exclusively, so two processes with one identity (two runs given one
+        idempotency_key) never both send; only an intent a user abandoned is replaced.
         """
         intent = SubmitIntent(
             key=key,
@@ -185,7 +194,15 @@ class Ledger:
             holder=process_holder(),
             at=self._clock().isoformat(),
         )
-        self._write_intent(intent)
+        existing = self.submission(key)
+        if existing is not None:
+            if existing.state != "abandoned":
+                return False
+            self._write_intent(intent)  # a user abandoned it: a new submit may begin
+            return True
+        data = intent.model_dump(mode="json", exclude={"key"}, exclude_none=True)
+        body = json.dumps(data, indent=1, sort_keys=True).encode()
+        return self.storage.create_exclusive(self._submit_path(key), body)
 
     def submission_uncertain(self, key: str, reason: str) -> None:
         """Note why a submit's outcome is unknown (its answer was lost or not believable).
@@ -294,6 +311,8 @@ class Ledger:
             relay_base_url=relay_base_url,
             relay_style=relay_style,
             history=[{"status": "submitted", "at": self._clock().isoformat()}],
+            # The process that goes on with it: a sweep need not wait for it once it is dead.
+            holder=process_holder() if flow_run_id else None,
         )
         self._write_record(record)
         intent = self.submission(key) or SubmitIntent(key=key, state="recorded")

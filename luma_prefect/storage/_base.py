@@ -20,6 +20,7 @@ way it warns once per filesystem that two writers may both win there.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import posixpath
 import secrets
@@ -100,3 +101,8 @@ class Storage(ABC):
     @abstractmethod
     def open_part(self, relpath: str) -> PartFile:
         """The `.part` file of a download of `relpath`, kept across runs for resuming."""
+
+    @abstractmethod
+    def parts(self, relfolder: str) -> builtins.list[str]:
+        """The downloads in progress kept for files in `relfolder`: the `relpath`s that
+        `open_part` was given, sorted (also where parts are staged outside the storage)."""

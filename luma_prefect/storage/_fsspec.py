@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import logging
@@ -15,7 +16,7 @@ import fsspec
 
 from luma_prefect.storage._base import Storage, temp_name
 from luma_prefect.storage._checks import check_relpath, disk_error
-from luma_prefect.storage._part import PartFile
+from luma_prefect.storage._part import PartFile, part_name
 
 __all__ = ["FsspecStorage"]
 
@@ -197,6 +198,12 @@ class FsspecStorage(Storage):
         clean = check_relpath(relpath)
         path = self.staging / (clean + ".part")
         return PartFile(path, f"{self.uri(clean)} (staged at {path})", self._commit_part)
+
+    def parts(self, relfolder: str) -> builtins.list[str]:
+        clean = check_relpath(relfolder)
+        folder = self.staging / clean
+        found = [*folder.glob("*.part"), *folder.glob("*.part.json")] if folder.is_dir() else []
+        return sorted({f"{clean}/{part_name(p.name)}" for p in found if p.is_file()})
 
     def _commit_part(self, part: Path, relpath: str) -> str:
         final = self._full(relpath)

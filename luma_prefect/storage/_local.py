@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import BinaryIO
 from luma_prefect._exceptions import LumaConfigurationError
 from luma_prefect.storage._base import Storage, temp_name
 from luma_prefect.storage._checks import check_relpath, disk_error
-from luma_prefect.storage._part import PartFile
+from luma_prefect.storage._part import PartFile, part_name
 
 __all__ = ["LocalStorage"]
 
@@ -102,6 +103,13 @@ class LocalStorage(Storage):
     def open_part(self, relpath: str) -> PartFile:
         path = self.path(relpath + ".part")
         return PartFile(path, str(path), self._commit_part)
+
+    def parts(self, relfolder: str) -> builtins.list[str]:
+        folder = self.path(relfolder)
+        found = [*folder.glob("*.part"), *folder.glob("*.part.json")] if folder.is_dir() else []
+        return sorted(
+            {part_name(p.relative_to(self.base).as_posix()) for p in found if p.is_file()}
+        )
 
     def _commit_part(self, part: Path, relpath: str) -> str:
         final = self.path(relpath)

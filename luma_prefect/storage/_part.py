@@ -11,9 +11,15 @@ from typing import Any, BinaryIO
 
 from luma_prefect.storage._checks import check_relpath, disk_error
 
-__all__ = ["PartFile"]
+__all__ = ["PartFile", "part_name"]
 
 _HASH_BLOCK = 1024 * 1024
+
+
+def part_name(path: str) -> str:
+    """The name `open_part` was given, from the path of a part or of its meta alone (a
+    download killed between writing the meta and the first byte leaves only the meta)."""
+    return path.removesuffix(".json").removesuffix(".part")
 
 
 class PartFile:

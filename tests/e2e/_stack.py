@@ -112,7 +112,12 @@ class Processes:
     children: list[Child] = field(default_factory=list)
 
     def start(
-        self, name: str, args: Sequence[str], env: dict[str, str], cwd: Path = REPO_ROOT
+        self,
+        name: str,
+        args: Sequence[str],
+        env: dict[str, str],
+        cwd: Path = REPO_ROOT,
+        stdin: int = subprocess.DEVNULL,
     ) -> Child:
         log = self.logs / f"{name}.log"
         with log.open("ab") as out:
@@ -120,7 +125,7 @@ class Processes:
                 list(args),
                 cwd=cwd,
                 env={**env, _MARKER: self.marker},
-                stdin=subprocess.DEVNULL,
+                stdin=stdin,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

@@ -136,6 +136,7 @@ def namespace(
     """What the examples may use without defining it; the working directory is fresh."""
     monkeypatch.setenv("LUMA_RELAY_BASE_URL", shared["base_url"])
     monkeypatch.setenv("LUMA_RELAY_API_KEY", shared["key"])
+    monkeypatch.setenv("LUMA_RELAY_ALLOW_PRIVATE_MEDIA_HOSTS", "1")  # the simulator is on loopback
     monkeypatch.chdir(tmp_path)
     return dict(shared)
 

@@ -26,6 +26,7 @@ PARTS: dict[str, str] = {
     "luma_prefect._outcomes": "models",
     "luma_prefect._retry": "models",
     "luma_prefect._urls": "models",
+    "luma_prefect._tls": "models",
     "luma_prefect.relay": "relay",
     "luma_prefect.storage": "engine",
     "luma_prefect.wait": "engine",
