@@ -4,7 +4,8 @@ Kept cheap to import: every command imports what it needs inside itself.
 
 Commands: `simulate` (an offline relay), `generate` and `collect` (the main job on a real
 relay), `save-credentials` (a block from the environment), `demo` (the main job on the
-simulator and Prefect's embedded API).
+simulator and Prefect's embedded API), `serve` and `install-automations` (running at
+scale, in `luma_prefect.fleet`).
 
 Example:
     ```console
@@ -21,6 +22,8 @@ import shlex
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
+
+from luma_prefect.fleet._commands import register as _register_fleet_commands
 
 if TYPE_CHECKING:
     from luma_prefect.simulator import RelaySimulator
@@ -372,6 +375,9 @@ def _print_outcomes(outcomes: list[Any]) -> None:
                 f"Generation {outcome.generation_id}: {outcome.status}: {outcome.error}",
                 fg=typer.colors.YELLOW,
             )
+
+
+_register_fleet_commands(app)  # serve, install-automations
 
 
 def main() -> None:

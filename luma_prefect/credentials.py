@@ -15,7 +15,7 @@ from luma_prefect._models import ApiStyle
 from luma_prefect.relay._client import LumaClient
 from luma_prefect.relay._routes import API_STYLES, normalise_prefix
 
-__all__ = ["LumaRelayCredentials"]
+__all__ = ["LumaRelayCredentials", "saved_block_name"]
 
 ENV_BASE_URL = "LUMA_RELAY_BASE_URL"
 ENV_API_KEY = "LUMA_RELAY_API_KEY"
@@ -144,3 +144,17 @@ class LumaRelayCredentials(CredentialsBlock):
             api_style=style,  # type: ignore[arg-type]
             route_prefix=env.get(ENV_ROUTE_PREFIX) or "/luma",
         )
+
+
+def saved_block_name(block: LumaRelayCredentials) -> str | None:
+    """The name a block was saved or loaded under; None for a block never saved by name.
+
+    Example:
+        ```python
+        saved_block_name(LumaRelayCredentials.load("luma-relay"))  # "luma-relay"
+        ```
+    """
+    if getattr(block, "_is_anonymous", False):
+        return None
+    name = getattr(block, "_block_document_name", None)
+    return name if isinstance(name, str) and name else None

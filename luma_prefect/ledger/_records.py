@@ -50,6 +50,8 @@ class LedgerRecord(BaseModel):
     flow_run_id: str | None = None
     relay_base_url: str | None = None
     relay_style: str | None = None
+    credentials_block: str | None = None
+    """Name of the saved credentials block that submitted it (None: an unsaved block)."""
     error: str | None = None
     history: list[dict[str, str]] = Field(default_factory=list)
 
@@ -155,6 +157,7 @@ class Ledger:
         flow_run_id: str | None,
         relay_base_url: str,
         relay_style: str,
+        credentials_block: str | None = None,
     ) -> LedgerRecord:
         """Record a generation the relay just accepted (call before any wait).
 
@@ -172,6 +175,7 @@ class Ledger:
             flow_run_id=flow_run_id,
             relay_base_url=relay_base_url,
             relay_style=relay_style,
+            credentials_block=credentials_block,
             history=[{"status": "submitted", "at": self._clock().isoformat()}],
         )
         self._write_record(record)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -35,6 +36,9 @@ __all__ = ["LumaClient"]
 logger = logging.getLogger("luma_prefect.client")
 
 Sleep = Callable[[float], Awaitable[None]]
+#: Entered around every request to the relay (each attempt): e.g. a slot of a limit shared
+#: by every worker (`luma_prefect.fleet.relay_gate`).
+RequestGate = Callable[[], contextlib.AbstractAsyncContextManager[Any]]
 
 _USER_AGENT = "luma-prefect/0.1"
 # Failures that prove the request never left this machine: safe to retry even a paid POST.
@@ -90,6 +94,7 @@ class LumaClient:
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Sleep | None = None,
         rng: random.Random | None = None,
+        request_gate: RequestGate | None = None,
     ) -> None:
         base_url = (base_url or "").strip().rstrip("/")
         if not base_url.lower().startswith(("http://", "https://")):
@@ -109,6 +114,7 @@ class LumaClient:
         self.batch_size = batch_size
         self.max_connections = max_connections
         self._sleep: Sleep = sleep or asyncio.sleep
+        self._gate: RequestGate = request_gate or contextlib.nullcontext
         self._rng = rng or random.Random()
         self._batch_supported = self.routes.batch() is not None
         key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
@@ -345,9 +351,10 @@ class LumaClient:
             started = time.monotonic()
             retry_after: float | None = None
             try:
-                response = await self._http.request(
-                    route.method, route.path, params=route.params, json=json
-                )
+                async with self._gate():
+                    response = await self._http.request(
+                        route.method, route.path, params=route.params, json=json
+                    )
             except httpx.TransportError as exc:
                 error: LumaError = self._transport_error(exc, action, generation_id, paid)
                 retryable = not paid or isinstance(exc, _NOT_SENT)
