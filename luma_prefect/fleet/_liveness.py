@@ -50,10 +50,9 @@ def zombie_automation(
         print(automation.trigger.within)
         ```
     """
-    from prefect.automations import Automation
     from prefect.client.schemas.objects import StateType
     from prefect.events.actions import ChangeFlowRunState
-    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
     from prefect.events.schemas.events import ResourceSpecification
 
     if within_seconds < 10:
@@ -68,7 +67,7 @@ def zombie_automation(
             )
         }
     )
-    return Automation(
+    return AutomationCore(
         name=AUTOMATION_NAME,
         description=(
             f"Installed by luma-prefect: marks {scope} Crashed when no heartbeat or final "
