@@ -27,6 +27,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_wait.py
 	$(BIN)/python bench/bench_download.py
+	$(BIN)/python bench/bench_scale.py
 
 clean:
 	rm -rf $(VENV) luma-output .pytest_cache

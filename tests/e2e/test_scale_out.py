@@ -21,7 +21,6 @@ import hashlib
 import json
 import signal
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,10 @@ WITHIN_SECONDS = 45
 TRIGGER_SLACK = 15
 SWEEP_INTERVAL = 10
 RELAY_LIMIT = 4
+#: Generations take this long at the relay, and each poll 0.3 s, so that many runs wait
+#: and poll at once (a loaded 2-core machine otherwise runs them one after the other).
+PROCESSING_SECONDS = 15
+POLL_SECONDS = 0.3
 SIM_KEY = "sk-scale-local"
 FAST = {"poll_interval_seconds": 0.5, "max_poll_interval_seconds": 1.0}
 ASSETS = ("video", "thumbnail", "last_frame")
@@ -126,6 +129,7 @@ async def _run(
     tmp_path: Path,
 ) -> None:
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     def report() -> str:
@@ -143,7 +147,7 @@ async def _run(
             "--pending-seconds",
             "0.5",
             "--processing-seconds",
-            "4",
+            str(PROCESSING_SECONDS),
         ],
         env,
     )
@@ -156,6 +160,11 @@ async def _run(
         answer.raise_for_status()
         return answer.json()
 
+    sim(
+        "POST",
+        "/faults",
+        {"kind": "slow", "routes": ["query", "batch"], "delay_seconds": POLL_SECONDS},
+    )
     processes.run(
         "save-credentials",
         [luma_cli, "save-credentials", "luma-relay"],
@@ -228,7 +237,7 @@ async def _run(
                         **FAST,
                     },
                 )
-                run_ids.append(str(run.id))
+                run_ids.append(run.id)
 
         ledger = Ledger(storage_for(destination))
 
@@ -244,13 +253,13 @@ async def _run(
         victim = psutil.Process(workers[0].pid)
 
         def mid_wait() -> list[str] | None:
-            """Flow runs of the victim that submitted and wait (once a third are submitted)."""
+            """Flow runs of the victim that submitted and now wait."""
             waiting = {r.flow_run_id for r in records().values() if r.status == "submitted"} & set(
                 _flow_run_processes(victim)
             )
-            return sorted(w for w in waiting if w) if len(waiting) >= 2 else None
+            return sorted(w for w in waiting if w) or None
 
-        await eventually(mid_wait, "the victim worker to wait on generations", 300, 1.0, report)
+        await eventually(mid_wait, "the victim worker to wait on generations", 600, 2.0, report)
         # Hold new submits (refused with 429: nothing is created, the client retries), so
         # the kill never falls between a relay accepting a submit and its ledger record:
         # that instant is "in doubt" by design (the submit intent), not the sweep's job.
@@ -281,19 +290,21 @@ async def _run(
             for worker in workers[1:]:
                 live |= set(_flow_run_processes(psutil.Process(worker.pid)))
             async with get_client() as client:
-                runs = [await client.read_flow_run(uuid.UUID(i)) for i in run_ids]
+                runs = await client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=run_ids)),
+                    limit=RUNS,
+                )
                 open_runs = []
                 for run in runs:
                     state = run.state.type.value if run.state else "?"
                     if state in FINAL or str(run.id) in killed:
                         continue
                     if state == "PENDING" and str(run.id) not in live:
-                        # Claimed by the victim, never started: two looks 5 s apart say so.
+                        # Claimed by the victim, never started: three looks say so.
                         stuck_pending[str(run.id)] = stuck_pending.get(str(run.id), 0) + 1
                         if stuck_pending[str(run.id)] >= 3:
                             continue
                     open_runs.append(run)
-                pending = ledger.unfinished()
                 if not sweeps or time.time() - sweeps[-1][1] >= SWEEP_INTERVAL:
                     sweep = await client.create_flow_run_from_deployment(
                         sweep_deployment.id,
@@ -303,15 +314,17 @@ async def _run(
                     final = await _wait_final(client, sweep.id)
                     assert final.state.type.value == "COMPLETED", f"{final.state}\n{report()}"
                     sweeps[-1] = (sweeps[-1][0], time.time())
+            known = records()
+            unfinished = [r for r in known.values() if r.status not in ("published", "failed")]
             accepted = sim("GET", "/counters")["submits_accepted"]
-            return not open_runs and not pending and accepted == len(records())
+            return not open_runs and not unfinished and accepted == len(known)
 
-        await eventually(everything_settled, "every run and generation to settle", 600, 2.0, report)
+        await eventually(everything_settled, "every run and generation to settle", 900, 3.0, report)
 
         counters = sim("GET", "/counters")
         final_records = records()
         async with get_client() as client:
-            runs = {i: await client.read_flow_run(uuid.UUID(i)) for i in run_ids}
+            runs = {str(i): await client.read_flow_run(i) for i in run_ids}
             limit = await client.read_global_concurrency_limit_by_name(relay_limit_name(sim_url))
 
     # No duplicate submit: one paid generation per prompt, each recorded once.
