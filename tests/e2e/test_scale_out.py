@@ -173,6 +173,20 @@ async def _run(
     processes.run(
         "work-pool", [prefect_cli, "work-pool", "create", "luma-pool", "--type", "process"], env
     )
+    processes.run(
+        "sweep-queue",
+        [
+            prefect_cli,
+            "work-queue",
+            "create",
+            "luma-sweeps",
+            "--pool",
+            "luma-pool",
+            "--priority",
+            "1",
+        ],
+        env,
+    )
     # From the clone, as the README says; nothing of the checkout is recorded.
     deploy_log = processes.run(
         "deploy",
@@ -371,4 +385,4 @@ async def _wait_final(client: Any, flow_run_id: Any) -> Any:
         run = await client.read_flow_run(flow_run_id)
         return run if run.state and run.state.type.value in FINAL else None
 
-    return await eventually(probe, f"sweep {flow_run_id} to end", 300, 1.0)
+    return await eventually(probe, f"sweep {flow_run_id} to end", 600, 1.0)
