@@ -85,6 +85,9 @@ class Bench:
             DO_NOT_TRACK="1",
             PREFECT_WORKER_QUERY_SECONDS="1",
             PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30",
+            # SQLite under many writers: wait for the lock instead of answering 503.
+            PREFECT_SERVER_DATABASE_TIMEOUT="60",
+            PREFECT_SERVER_DATABASE_CONNECTION_TIMEOUT="60",
         )
         port = _free_port()
         self.api_url = f"http://127.0.0.1:{port}/api"
