@@ -90,14 +90,16 @@ def _default_limit() -> int:
 
 async def _ensure_limit(name: str) -> None:
     """Create the limit when it does not exist yet (once per process and API)."""
+    from prefect.settings import get_current_settings
+
+    key = (str(get_current_settings().api.url), name)
+    if key in _created:  # every request passes here: no API call once it is known
+        return
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     async with get_client() as client:
-        key = (str(client.api_url), name)
-        if key in _created:
-            return
         try:
             await client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
@@ -107,7 +109,7 @@ async def _ensure_limit(name: str) -> None:
                     GlobalConcurrencyLimitCreate(name=name, limit=limit)
                 )
                 logger.info("Created the global concurrency limit %s (%d slots).", name, limit)
-        _created.add(key)
+    _created.add(key)
 
 
 def relay_gate(base_url: str) -> Any:
