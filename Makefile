@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-scale lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+test-scale: $(STAMP)
+	$(BIN)/python -m pytest -m scale
+
 lint: $(STAMP)
 	$(BIN)/ruff check luma_prefect tests flows deployments bench
 	$(BIN)/ruff format --check luma_prefect tests flows deployments bench
@@ -28,6 +31,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_wait.py
 	$(BIN)/python bench/bench_download.py
+	$(BIN)/python bench/bench_scale.py
 
 clean:
 	rm -rf $(VENV) luma-output .pytest_cache

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, tags
 
 from luma_prefect._exceptions import LumaError
 from luma_prefect._models import AspectRatio, GenerationRequest
 from luma_prefect._outcomes import AssetName, GenerationOutcome, PublishedGeneration
+from luma_prefect.credentials import LumaRelayCredentials
 from luma_prefect.flows._steps import (
     FailWhen,
     WaitOptions,
@@ -21,13 +22,14 @@ from luma_prefect.flows._steps import (
     generate_one,
     left_behind,
     report_batch,
-    same_relay,
     settle_in_doubt,
 )
-from luma_prefect.ledger._records import Ledger
+from luma_prefect.flows._sweep import plan_sweep, report_unswept
+from luma_prefect.ledger._records import Ledger, LedgerRecord
 from luma_prefect.storage import storage_for
 from luma_prefect.tasks import resolve_credentials
 from luma_prefect.tasks._common import CredentialsInput, Destination
+from luma_prefect.tasks._throttle import relay_tags
 
 __all__ = ["collect_generations", "collect_pending", "generate_video", "generate_videos"]
 
@@ -94,14 +96,16 @@ async def generate_video(
         resolution=resolution,
         duration=duration,
     )
-    outcome = await generate_one(
-        await resolve_credentials(credentials),
-        request,
-        destination,
-        WaitOptions(timeout_seconds, poll_interval_seconds, max_poll_interval_seconds),
-        list(assets),
-        idempotency_key,
-    )
+    block = await resolve_credentials(credentials)
+    with tags(*relay_tags(block.base_url)):
+        outcome = await generate_one(
+            block,
+            request,
+            destination,
+            WaitOptions(timeout_seconds, poll_interval_seconds, max_poll_interval_seconds),
+            list(assets),
+            idempotency_key,
+        )
     if outcome.published is None:
         raise outcome.exception or LumaError(
             outcome.error or f"Generation {outcome.generation_id} was not published.",
@@ -165,11 +169,12 @@ async def generate_videos(
                 position=f"item-{position}",
             )
 
-    outcomes = list(
-        await asyncio.gather(
-            *(one(i, GenerationRequest.model_validate(r)) for i, r in enumerate(requests))
+    with tags(*relay_tags(block.base_url)):
+        outcomes = list(
+            await asyncio.gather(
+                *(one(i, GenerationRequest.model_validate(r)) for i, r in enumerate(requests))
+            )
         )
-    )
     await report_batch(outcomes, "luma-generate-videos", fail_when)
     return outcomes
 
@@ -208,9 +213,10 @@ async def collect_generations(
     """
     block = await resolve_credentials(credentials)
     options = WaitOptions(timeout_seconds, poll_interval_seconds, max_poll_interval_seconds)
-    outcomes = await collect(
-        block, list(generation_ids), destination, options, list(assets), batch_size
-    )
+    with tags(*relay_tags(block.base_url)):
+        outcomes = await collect(
+            block, list(generation_ids), destination, options, list(assets), batch_size
+        )
     await report_batch(outcomes, "luma-collect-generations", fail_when)
     return outcomes
 
@@ -227,15 +233,18 @@ async def collect_pending(
 ) -> list[GenerationOutcome]:
     """Finish every generation in the destination's ledger that is not yet published.
 
-    Picks up what a crashed or timed-out run left behind, whoever submitted it; safe to run
-    on a schedule, also twice at once (claims keep one publish per generation). Submits in
-    doubt (the relay may have created a generation nobody recorded) are resolved where the
-    submit's persisted result or the relay's list of recent generations tells, and every
-    other one is reported: log, `luma.submit.in-doubt` event, `luma-submits-in-doubt`
-    artifact. Resolve those with `luma-prefect resolve`.
+    Picks up what a crashed or timed-out run left behind, whoever submitted it, each with
+    the saved credentials block that submitted it (this flow's `credentials` finish those
+    submitted with an unsaved block for the same relay). A generation it cannot finish is
+    reported by id with the reason (log, artifact, `luma.generation.unswept` event). Safe
+    to run on a schedule, also twice at once (claims keep one publish per generation).
+    Submits in doubt (the relay may have created a generation nobody recorded) are
+    resolved where the submit's persisted result or the relay's list of recent
+    generations tells, and every other one is reported: log, `luma.submit.in-doubt`
+    event, `luma-submits-in-doubt` artifact. Resolve those with `luma-prefect resolve`.
 
     Args:
-        credentials: A LumaRelayCredentials block, or the name of a saved one.
+        credentials: Credentials for generations submitted with an unsaved block.
         destination: The destination whose ledger to sweep.
         timeout_seconds: Longest wait for the pending generations, in seconds.
         poll_interval_seconds: First interval between polls.
@@ -256,25 +265,43 @@ async def collect_pending(
     # First the submits whose outcome is unknown: resolved ones join the records below.
     await settle_in_doubt(block, ledger, destination)
     records = ledger.unfinished()
-    mine = [r for r in records if same_relay(r, block) and await left_behind(ledger, r)]
-    if len(mine) < len(records):
+    pending = [r for r in records if await left_behind(ledger, r)]
+    if len(pending) < len(records):
         logger.info(
-            "%d unfinished generation(s) are left alone: their flow run is still at work, "
-            "or they belong to another relay.",
-            len(records) - len(mine),
+            "%d unfinished generation(s) are left to their flow runs, still at work.",
+            len(records) - len(pending),
         )
-    logger.info("%d unfinished generation(s) in the ledger.", len(mine))
-    if not mine:
+    plan = await plan_sweep(pending, block)
+    await report_unswept(plan.unswept)
+    logger.info(
+        "%d unfinished generation(s) to finish, with %d credentials block(s); %d cannot be.",
+        sum(len(group) for _, group in plan.groups),
+        len(plan.groups),
+        len(plan.unswept),
+    )
+    if not pending:
         return []
     options = WaitOptions(timeout_seconds, poll_interval_seconds, max_poll_interval_seconds)
-    outcomes = await collect(
-        block,
-        [r.generation_id for r in mine],
-        destination,
-        options,
-        list(assets),
-        batch_size,
-        skip_published=True,
-    )
+
+    async def sweep(
+        relay: LumaRelayCredentials, group: list[LedgerRecord]
+    ) -> list[GenerationOutcome]:
+        with tags(*relay_tags(relay.base_url)):
+            return await collect(
+                relay,
+                [r.generation_id for r in group],
+                destination,
+                options,
+                list(assets),
+                batch_size,
+                skip_published=True,
+            )
+
+    swept = await asyncio.gather(*(sweep(relay, group) for relay, group in plan.groups))
+    outcomes = [o for group in swept for o in group]
+    outcomes += [
+        GenerationOutcome(generation_id=u.generation_id, status="error", error=u.reason)
+        for u in plan.unswept
+    ]
     await report_batch(outcomes, "luma-collect-pending", "never")
     return outcomes

@@ -36,7 +36,7 @@ from luma_prefect._exceptions import (
 from luma_prefect._models import Generation, GenerationRequest, check_generation_id
 from luma_prefect._outcomes import AssetName, GenerationOutcome
 from luma_prefect._urls import public_url
-from luma_prefect.credentials import LumaRelayCredentials
+from luma_prefect.credentials import LumaRelayCredentials, saved_block_name
 from luma_prefect.delivery._download import discard_holder_parts
 from luma_prefect.delivery._publish import (
     EVENT_COMPLETED,
@@ -263,6 +263,7 @@ async def _submit_once(
                 flow_run_id=flow_run_id,
                 relay_base_url=public_url(block.base_url),  # never user:password
                 relay_style=block.api_style,
+                credentials_block=saved_block_name(block),  # a name, never the key
             )
         except (OSError, LumaError) as exc:
             # The generation is paid for: never fail it because the ledger could not be

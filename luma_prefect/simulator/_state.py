@@ -83,6 +83,7 @@ class SimulatorState:
         self._faults = FaultBook()
         self._link_epoch = 0
         self._counts = CounterBook()
+        self._in_flight = 0
 
     # -- clock -------------------------------------------------------------------------
 
@@ -103,6 +104,16 @@ class SimulatorState:
         with self._lock:
             self._counts.requests[route] += 1
 
+    def begin_api_request(self) -> None:
+        """A relay API request arrived: one more in flight (see `max_concurrent_requests`)."""
+        with self._lock:
+            self._in_flight += 1
+            self._counts.max_in_flight = max(self._counts.max_in_flight, self._in_flight)
+
+    def end_api_request(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
     def count_queries(self, generation_ids: Iterable[str]) -> None:
         with self._lock:
             self._counts.queries.update(generation_ids)
@@ -122,6 +133,7 @@ class SimulatorState:
     def reset_counters(self) -> None:
         with self._lock:
             self._counts = CounterBook()
+            self._counts.max_in_flight = self._in_flight  # still open: they count on
             self._faults.fired_by_kind.clear()
 
     # -- faults ------------------------------------------------------------------------

@@ -36,6 +36,7 @@ PARTS: dict[str, str] = {
     "luma_prefect.tasks": "tasks",
     "luma_prefect.flows": "flows",
     "luma_prefect.cli": "cli",
+    "luma_prefect.fleet": "cli",
     "luma_prefect.simulator": "simulator",
     "luma_prefect.simulator.pytest_plugin": "simulator-plugin",
 }
