@@ -40,6 +40,14 @@ from luma_prefect._models import (
     ImageAsset,
     VideoAsset,
 )
+from luma_prefect._outcomes import (
+    AssetName,
+    DownloadedAsset,
+    DownloadedGeneration,
+    GenerationOutcome,
+    OutcomeStatus,
+    PublishedGeneration,
+)
 from luma_prefect._retry import RetryPolicy
 from luma_prefect.credentials import LumaRelayCredentials
 from luma_prefect.relay._client import LumaClient
@@ -51,7 +59,11 @@ __all__ = [
     "ApiStyle",
     "AspectRatio",
     "Asset",
+    "AssetName",
+    "DownloadedAsset",
+    "DownloadedGeneration",
     "Generation",
+    "GenerationOutcome",
     "GenerationRequest",
     "GenerationState",
     "ImageAsset",
@@ -71,6 +83,8 @@ __all__ = [
     "LumaSubmitUncertainError",
     "LumaTransportError",
     "LumaWaitTimeout",
+    "OutcomeStatus",
+    "PublishedGeneration",
     "RetryPolicy",
     "VideoAsset",
     "__version__",
