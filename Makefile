@@ -23,6 +23,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check luma_prefect tests flows deployments bench
 	$(BIN)/ruff format --check luma_prefect tests flows deployments bench
+	$(BIN)/mypy luma_prefect
 
 # Not part of `make test`: the Prefect UI in headless Chromium (Debian's, installed with
 # apt-get when missing), screenshots in ui-check/.

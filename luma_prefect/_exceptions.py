@@ -92,7 +92,10 @@ class LumaConfigurationError(LumaError, ValueError):
 
     Example:
         ```python
-        LumaClient("ftp://relay.example", "sk-...")  # raises LumaConfigurationError
+        try:
+            LumaClient("ftp://relay.example", "sk-...")
+        except LumaConfigurationError as exc:
+            print(exc)  # says what cannot work, and how to fix it
         ```
     """
 
@@ -104,6 +107,8 @@ class LumaTransportError(LumaError):
 
     Example:
         ```python
+        try:
+            generation = await client.get_generation(generation_id)
         except LumaTransportError:
             ...  # the network or the relay is down: try again later
         ```
@@ -120,6 +125,8 @@ class LumaSubmitUncertainError(LumaTransportError):
 
     Example:
         ```python
+        try:
+            generation = await client.submit_generation(request)
         except LumaSubmitUncertainError as exc:
             print(exc)  # says what to check before resubmitting
         ```
@@ -131,6 +138,8 @@ class LumaProtocolError(LumaError):
 
     Example:
         ```python
+        try:
+            generation = await client.get_generation(generation_id)
         except LumaProtocolError as exc:
             print(exc.body_excerpt)  # the first characters of what came back
         ```
@@ -160,6 +169,8 @@ class LumaHTTPError(LumaError):
 
     Example:
         ```python
+        try:
+            generation = await client.get_generation(generation_id)
         except LumaHTTPError as exc:
             print(exc.status_code, exc.relay_message, exc.request_id)
         ```
@@ -187,6 +198,8 @@ class LumaAuthError(LumaHTTPError):
 
     Example:
         ```python
+        try:
+            generation = await client.get_generation(generation_id)
         except LumaAuthError:
             ...  # fix the key in the LumaRelayCredentials block
         ```
@@ -198,6 +211,8 @@ class LumaNotFoundError(LumaHTTPError):
 
     Example:
         ```python
+        try:
+            generation = await client.get_generation(generation_id)
         except LumaNotFoundError as exc:
             print(f"no generation {exc.generation_id} on this relay")
         ```
@@ -212,6 +227,8 @@ class LumaRateLimitError(LumaHTTPError):
 
     Example:
         ```python
+        try:
+            generation = await client.submit_generation(request)
         except LumaRateLimitError as exc:
             await asyncio.sleep(exc.retry_after or 5)
         ```
@@ -227,6 +244,8 @@ class LumaServerError(LumaHTTPError):
 
     Example:
         ```python
+        try:
+            generation = await client.get_generation(generation_id)
         except LumaServerError:
             ...  # reads were already retried; try again later
         ```
@@ -238,6 +257,8 @@ class LumaRequestError(LumaHTTPError):
 
     Example:
         ```python
+        try:
+            generation = await client.submit_generation(request)
         except LumaRequestError as exc:
             print(exc.relay_message)  # e.g. an unsupported aspect ratio
         ```
@@ -253,6 +274,10 @@ class LumaGenerationFailed(LumaError):
 
     Example:
         ```python
+        from luma_prefect.tasks import wait_for_generation
+
+        try:
+            done = await wait_for_generation("luma-relay", generation_id)
         except LumaGenerationFailed as exc:
             print(exc.generation.id, exc.failure_reason)
         ```
@@ -280,6 +305,10 @@ class LumaWaitTimeout(LumaError):
 
     Example:
         ```python
+        from luma_prefect.tasks import wait_for_generation
+
+        try:
+            done = await wait_for_generation("luma-relay", generation_id, timeout_seconds=900)
         except LumaWaitTimeout as exc:
             print(exc.generation_id, exc.generation and exc.generation.state)
         ```
@@ -314,6 +343,10 @@ class LumaDownloadError(LumaError):
 
     Example:
         ```python
+        from luma_prefect.tasks import download_generation
+
+        try:
+            await download_generation("luma-relay", generation_id, "./luma-output")
         except LumaDownloadError as exc:
             print(exc.generation_id, exc)
         ```

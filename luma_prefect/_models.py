@@ -14,6 +14,7 @@ from enum import Enum
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -32,6 +33,7 @@ __all__ = [
     "Duration",
     "FormText",
     "Generation",
+    "GenerationId",
     "GenerationRequest",
     "GenerationState",
     "ImageAsset",
@@ -89,6 +91,28 @@ Duration = Annotated[str | None, _form(_DurationChoice)]
 _EMPTY: dict[str, Any] = {"default": ""}
 _OFF: dict[str, Any] = {"default": False}
 
+# Relays use uuids; allow any plain token, but never anything that can move in a path.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
+
+
+def check_generation_id(generation_id: object) -> str:
+    """The id itself when it is safe in a URL path and a folder name; else a clear error.
+
+    For ids that arrive unvalidated (plain strings given to the client); models and
+    parameters typed `GenerationId` are checked by pydantic already.
+    """
+    text = str(generation_id).strip() if generation_id is not None else ""
+    if not _SAFE_ID.match(text) or ".." in text:
+        raise LumaConfigurationError(
+            f"{str(generation_id)[:80]!r} is not a valid generation id: ids are letters, "
+            "digits, '-', '_', '.' and ':' (a uuid on every known relay), without '..' or '/'."
+        )
+    return text
+
+
+GenerationId = Annotated[str, AfterValidator(check_generation_id)]
+"""A generation id, checked (by pydantic, and Prefect for flow parameters) to be safe in a
+URL path and a folder name: letters, digits, `-_.:`, no `..` (a uuid on every relay)."""
 
 _STATE_WORDS: dict[str, str] = {
     **dict.fromkeys(("pending", "queued", "not_start", "submitted"), "pending"),
@@ -213,7 +237,7 @@ class Generation(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    id: str = Field(description="The generation's id (a uuid on every known relay).")
+    id: GenerationId = Field(description="The generation's id (a uuid on every known relay).")
     state: GenerationState = Field(description="The normalised state.")
     raw_state: str | None = Field(default=None, description="The relay's own state word.")
     prompt: str | None = None
@@ -458,25 +482,3 @@ class GenerationRequest(BaseModel):
         """
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-# Relays use uuids; allow any plain token, but never anything that can move in a path.
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
-
-
-def check_generation_id(generation_id: object) -> str:
-    """The id itself when it is safe in a URL path and a folder name; else a clear error.
-
-    Example:
-        ```python
-        check_generation_id("4665a07c-7641-4809-a133-10786201bb56")  # returned unchanged
-        check_generation_id("../etc")  # raises LumaConfigurationError
-        ```
-    """
-    text = str(generation_id).strip() if generation_id is not None else ""
-    if not _SAFE_ID.match(text) or ".." in text:
-        raise LumaConfigurationError(
-            f"{str(generation_id)[:80]!r} is not a valid generation id: ids are letters, "
-            "digits, '-', '_', '.' and ':' (a uuid on every known relay), without '..' or '/'."
-        )
-    return text

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from luma_prefect._models import Generation
+from luma_prefect._models import Generation, GenerationId
 
 __all__ = [
     "AssetName",
@@ -57,6 +57,8 @@ class DownloadedGeneration(BaseModel):
 
     Example:
         ```python
+        from luma_prefect.tasks import download_generation
+
         downloaded = await download_generation(credentials, generation, "./luma-output")
         print(downloaded.folder, list(downloaded.assets))
         ```
@@ -78,6 +80,8 @@ class PublishedGeneration(BaseModel):
 
     Example:
         ```python
+        from luma_prefect.flows import generate_video
+
         published = await generate_video(prompt="a fox in the snow")
         print(published.manifest_path)
         ```
@@ -85,7 +89,7 @@ class PublishedGeneration(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    generation_id: str
+    generation_id: GenerationId
     downloaded: DownloadedGeneration
     manifest_path: str = Field(description="Where manifest.json was written.")
     artifact_keys: list[str] = Field(default_factory=list)
@@ -100,6 +104,8 @@ class GenerationOutcome(BaseModel):
 
     Example:
         ```python
+        from luma_prefect.flows import collect_generations
+
         for outcome in await collect_generations(ids):
             print(outcome.generation_id, outcome.status, outcome.error)
         ```
@@ -107,6 +113,7 @@ class GenerationOutcome(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
+    # A plain string: an outcome also reports an id that was refused as unsafe.
     generation_id: str
     status: OutcomeStatus
     published: PublishedGeneration | None = None

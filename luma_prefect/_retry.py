@@ -65,14 +65,7 @@ class RetryPolicy:
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds from a `Retry-After` header: delta-seconds or an HTTP date; None if unusable.
-
-    Example:
-        ```python
-        parse_retry_after("7")  # 7.0
-        parse_retry_after("Wed, 21 Oct 2026 07:28:00 GMT")  # seconds until then, >= 0
-        ```
-    """
+    """Seconds from a `Retry-After` header: delta-seconds or an HTTP date; None if unusable."""
     if not value:
         return None
     value = value.strip()

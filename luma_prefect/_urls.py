@@ -8,14 +8,7 @@ __all__ = ["public_url"]
 
 
 def public_url(url: str) -> str:
-    """The URL without query string, fragment or credentials (signed links carry secrets).
-
-    Example:
-        ```python
-        public_url("https://u:p@cdn.example/v.mp4?X-Amz-Signature=abc")
-        # "https://cdn.example/v.mp4"
-        ```
-    """
+    """The URL without query string, fragment or credentials (signed links carry secrets)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     netloc = f"[{host}]" if ":" in host else host

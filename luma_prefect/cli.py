@@ -185,6 +185,7 @@ def _usage(sim: RelaySimulator) -> str:
         f"export LUMA_RELAY_API_KEY={sim.api_key}",
         f"export LUMA_RELAY_API_STYLE={sim.style}",
         f"export LUMA_RELAY_ROUTE_PREFIX={sim.route_prefix}",
+        "export LUMA_RELAY_ALLOW_PRIVATE_MEDIA_HOSTS=1  # its media links are on 127.0.0.1",
         "",
         "# submit (answers the new generation and its id):",
         f"curl -s -X POST {shlex.quote(root)} -H {auth} -H {json_header} -d {body}",
@@ -616,7 +617,7 @@ def resolve(
         ```
     """
     from luma_prefect._exceptions import LumaError
-    from luma_prefect._models import Generation, check_generation_id
+    from luma_prefect._models import Generation, GenerationState, check_generation_id
     from luma_prefect.ledger._records import Ledger
     from luma_prefect.storage import storage_for
 
@@ -635,7 +636,9 @@ def resolve(
             typer.echo(f"Submit {intent.key} abandoned: it is no longer reported.")
             return
         gid = check_generation_id(generation_id)
-        ledger.resolve_submission(intent.key, Generation(id=gid, state="pending"), "by hand")
+        ledger.resolve_submission(
+            intent.key, Generation(id=gid, state=GenerationState.PENDING), "by hand"
+        )
     except (LumaError, ValueError, OSError) as exc:
         _fail(str(exc))
     typer.echo(
@@ -698,13 +701,14 @@ def demo(
     import asyncio
 
     from luma_prefect._models import GenerationRequest
+    from luma_prefect.credentials import LumaRelayCredentials
     from luma_prefect.flows import collect_generations, generate_video
     from luma_prefect.simulator import SimulatorConfig, run_simulator
 
     config = SimulatorConfig(pending_seconds=1.0, processing_seconds=3.0, duration_jitter=0.3)
     with run_simulator(config) as sim, _console_logs_without_tracebacks():
         typer.echo(f"Relay simulator at {sim.base_url} ({sim.style} style).")
-        credentials = sim.credentials()
+        credentials = LumaRelayCredentials.model_validate(sim.connection())
         typer.echo("1/2 generate-video: submit, wait, download, publish ...")
         published = asyncio.run(
             generate_video(

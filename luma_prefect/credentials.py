@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect.blocks.abstract import CredentialsBlock
 from prefect.types import SecretDict
@@ -17,12 +17,18 @@ from luma_prefect.relay._check import CredentialsCheck, check_relay
 from luma_prefect.relay._client import LumaClient, check_base_url
 from luma_prefect.relay._routes import API_STYLES, normalise_prefix
 
+if TYPE_CHECKING:
+    import httpx
+
 __all__ = ["CredentialsCheck", "LumaRelayCredentials"]
 
 ENV_BASE_URL = "LUMA_RELAY_BASE_URL"
 ENV_API_KEY = "LUMA_RELAY_API_KEY"
 ENV_API_STYLE = "LUMA_RELAY_API_STYLE"
 ENV_ROUTE_PREFIX = "LUMA_RELAY_ROUTE_PREFIX"
+ENV_VERIFY = "LUMA_RELAY_VERIFY"
+ENV_ALLOW_PRIVATE = "LUMA_RELAY_ALLOW_PRIVATE_MEDIA_HOSTS"
+_YES, _NO = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 # Prefect's block schema takes only absolute http(s) URLs for both (pydantic HttpUrl: a
 # data: URI or a relative link fails at save time). Both point into this project's
@@ -43,6 +49,7 @@ class LumaRelayCredentials(CredentialsBlock):
         Load saved credentials in sync code (in async code, `load` returns a coroutine:
         use `await LumaRelayCredentials.aload("BLOCK_NAME")` there):
         ```python
+        import asyncio
         from luma_prefect import LumaRelayCredentials
 
         credentials = LumaRelayCredentials.load("BLOCK_NAME")
@@ -110,6 +117,21 @@ class LumaRelayCredentials(CredentialsBlock):
         default=None,
         description="Extra HTTP headers sent with every request (kept secret), if any.",
     )
+    verify: bool | str = Field(
+        default=True,
+        description=(
+            "TLS verification for the relay and media links: true (the certifi bundle, or "
+            "SSL_CERT_FILE), false (not recommended), or the path of a CA bundle."
+        ),
+    )
+    allow_private_media_hosts: bool = Field(
+        default=False,
+        description=(
+            "Fetch media links (and their redirects) that point at private, loopback or "
+            "link-local addresses. Off by default: a relay cannot make the worker fetch "
+            "from its own network."
+        ),
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -146,9 +168,30 @@ class LumaRelayCredentials(CredentialsBlock):
             "timeout_seconds": self.timeout_seconds,
             "max_connections": self.max_connections,
             "extra_headers": {str(k): SecretStr(str(v)) for k, v in extra.items()},
+            "verify": self.verify,
         }
         settings.update(overrides)
         return LumaClient(self.base_url, self.api_key, **settings)
+
+    def get_media_client(self, max_connections: int = 3) -> httpx.AsyncClient:
+        """A client for the media links (CDN) of this relay's generations: never the key.
+
+        It verifies TLS as `verify` says and refuses private hosts unless
+        `allow_private_media_hosts`.
+
+        Example:
+            ```python
+            async with credentials.get_media_client() as http:
+                response = await http.get(generation.best_video_url)
+            ```
+        """
+        from luma_prefect.delivery._transfer import media_client
+
+        return media_client(
+            max_connections,
+            verify=self.verify,
+            allow_private_hosts=self.allow_private_media_hosts,
+        )
 
     async def acheck(self, timeout_seconds: float = 15.0) -> CredentialsCheck:
         """Prove the base URL, style and key with one free read (a query of a made-up id).
@@ -187,7 +230,8 @@ class LumaRelayCredentials(CredentialsBlock):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LumaRelayCredentials:
         """Credentials from `LUMA_RELAY_BASE_URL`, `LUMA_RELAY_API_KEY`, `LUMA_RELAY_API_STYLE`
-        and `LUMA_RELAY_ROUTE_PREFIX` (the last two optional).
+        and `LUMA_RELAY_ROUTE_PREFIX`, `LUMA_RELAY_VERIFY` (true, false or a CA bundle path)
+        and `LUMA_RELAY_ALLOW_PRIVATE_MEDIA_HOSTS` (1 to allow; all but the first two optional).
 
         Example:
             ```python
@@ -207,9 +251,15 @@ class LumaRelayCredentials(CredentialsBlock):
                 f"{ENV_API_STYLE}={style!r} is not a relay style: use one of "
                 f"{', '.join(API_STYLES)}."
             )
+        verify_text = (env.get(ENV_VERIFY) or "true").strip()
+        verify: bool | str = verify_text
+        if verify_text.lower() in _YES + _NO:
+            verify = verify_text.lower() in _YES
         return cls(
             base_url=env[ENV_BASE_URL],
             api_key=SecretStr(env[ENV_API_KEY]),
-            api_style=style,  # type: ignore[arg-type]
+            api_style=style,
             route_prefix=env.get(ENV_ROUTE_PREFIX) or "/luma",
+            verify=verify,
+            allow_private_media_hosts=(env.get(ENV_ALLOW_PRIVATE) or "").lower() in _YES,
         )

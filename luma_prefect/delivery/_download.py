@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,12 +24,14 @@ from urllib.parse import urlsplit
 import httpx
 
 from luma_prefect._exceptions import LumaConfigurationError, LumaDownloadError, LumaError
-from luma_prefect._models import Generation, GenerationState, check_generation_id
+from luma_prefect._models import Generation, GenerationState
 from luma_prefect._outcomes import DownloadedAsset, DownloadedGeneration
 from luma_prefect._urls import public_url
 from luma_prefect.delivery._transfer import (
     LinkRefused,
     PartTransfer,
+    Stalled,
+    TransferLimits,
     TransientError,
     file_extension,
     media_client,
@@ -36,6 +39,7 @@ from luma_prefect.delivery._transfer import (
 )
 from luma_prefect.relay._client import LumaClient
 from luma_prefect.storage import Storage
+from luma_prefect.wait._settings import Clock, SystemClock
 
 __all__ = [
     "ASSET_NAMES",
@@ -43,6 +47,7 @@ __all__ = [
     "RECORD_NAME",
     "VIDEO_SOURCES",
     "ProgressCallback",
+    "TransferLimits",
     "download_generation_files",
     "media_client",
 ]
@@ -57,7 +62,7 @@ RECORD_NAME = ".download.json"
 ProgressCallback = Callable[[str, int, int | None], Any]
 """`on_progress(asset_name, bytes_done, total_or_None)`, sync or async, ~4 calls a second."""
 
-Logger = logging.Logger | logging.LoggerAdapter  # type: ignore[type-arg]
+Logger = logging.Logger | logging.LoggerAdapter
 _log = logging.getLogger("luma_prefect.download")
 
 
@@ -150,6 +155,8 @@ class _Context:
     max_resume_attempts: int
     on_progress: ProgressCallback | None
     logger: Logger
+    limits: TransferLimits
+    clock: Clock
     part_tag: str | None = None
 
 
@@ -167,6 +174,8 @@ async def download_generation_files(
     http: httpx.AsyncClient | None = None,
     on_progress: ProgressCallback | None = None,
     logger: Logger | None = None,
+    limits: TransferLimits | None = None,
+    clock: Clock | None = None,
     part_tag: str | None = None,
 ) -> DownloadedGeneration:
     """Download a completed generation's files into `storage`, under `<generation id>/`.
@@ -175,20 +184,15 @@ async def download_generation_files(
     then `download_url` (asking the relay's no-watermark route when the object has none),
     then the watermarked `url`; it is required. Thumbnail and last frame are skipped with a
     warning when the generation has none. At most `max_concurrent` files are fetched at
-    once. `http` may be shared between calls: a plain client (see `media_client`), never
-    one that carries the relay key. `logger` gets one INFO line per file written.
+    once. `http` may be shared between calls: a plain client (see `media_client` and
+    `LumaRelayCredentials.get_media_client`), never one that carries the relay key; the
+    default one verifies TLS and refuses private hosts. Each file has a total deadline and
+    a stall check (`limits`, timed by `clock`). `logger` gets one INFO line per file written.
     `part_tag` names the `.part` files after their holder (a claim's owner), so two
     deliveries of one generation never write into the same part.
 
-    Example:
-        ```python
-        async with credentials.get_client() as client:
-            generation = await client.get_generation(generation_id)
-            done = await download_generation_files(client, generation, storage_for("./out"))
-        print(done.assets["video"].path, done.assets["video"].sha256)
-        ```
     """
-    gid = check_generation_id(generation.id)
+    gid = generation.id
     _check_options(assets, video_sources, max_bytes, max_concurrent, chunk_size)
     if part_tag is not None and not (part_tag.isascii() and part_tag.isalnum()):
         raise LumaConfigurationError("part_tag must be ASCII letters and digits only.")
@@ -219,6 +223,8 @@ async def download_generation_files(
         max_resume_attempts=max_resume_attempts,
         on_progress=on_progress,
         logger=logger or _log,
+        limits=limits or TransferLimits(),
+        clock=clock or SystemClock(),
         part_tag=part_tag,
     )
     try:
@@ -281,7 +287,8 @@ async def _fetch_asset(ctx: _Context, name: str) -> DownloadedAsset | None:
             seen = ctx.links.version
             source = await ctx.links.source(name)
             if source is None:
-                return _missing(ctx, name)
+                _missing(ctx, name)
+                return None
             try:
                 return await _transfer(ctx, name, source)
             except LinkRefused as exc:
@@ -366,11 +373,14 @@ async def _transfer(ctx: _Context, name: str, source: _Source) -> DownloadedAsse
         max_bytes=ctx.max_bytes,
         chunk_size=ctx.chunk_size,
         progress=progress_reporter(ctx.on_progress, name),
+        limits=ctx.limits,
+        clock=ctx.clock,
     )
+    deadline = ctx.clock.monotonic() + ctx.limits.deadline_seconds
     failures = 0
     while True:
         try:
-            await transfer.run(source.url)
+            await transfer.run(source.url, deadline=deadline)
             break
         except httpx.UnsupportedProtocol as exc:
             raise LumaDownloadError(
@@ -378,22 +388,15 @@ async def _transfer(ctx: _Context, name: str, source: _Source) -> DownloadedAsse
                 f"({exc}). The relay sent an unusable link: report it to them.",
                 generation_id=ctx.gid,
             ) from exc
-        except (httpx.TransportError, TransientError) as exc:
-            failures += 1
-            if failures > ctx.max_resume_attempts:
+        except (httpx.TransportError, TransientError, Stalled) as exc:
+            if _untrusted(exc):
                 raise LumaDownloadError(
-                    f"The {name} of generation {ctx.gid} broke off {failures} times, the last "
-                    f"after {transfer.have} bytes ({exc!r}). The partial file is kept: run "
-                    "again soon, before the links expire, to resume it.",
+                    f"The {name} link of generation {ctx.gid} failed TLS verification "
+                    f"({exc}). If the CDN uses a private CA, give its bundle as `verify` on "
+                    "the credentials.",
                     generation_id=ctx.gid,
-                    retryable=True,
                 ) from exc
-            ctx.logger.debug("%s of %s broke off at %d: %r", name, ctx.gid, transfer.have, exc)
-            if isinstance(exc, TransientError):
-                # The one retry schedule: the relay client's policy, slept through its
-                # (injectable) sleep.
-                client = ctx.links.client
-                await client.sleep(client.retry.delay(failures))
+            failures = await _broke_off(ctx, name, transfer, failures, exc, deadline)
     content_type = transfer.meta.get("content_type")
     file_name = name + file_extension(content_type, source.url, name)
     path = await asyncio.to_thread(part.commit, f"{ctx.gid}/{file_name}")
@@ -413,6 +416,47 @@ async def _transfer(ctx: _Context, name: str, source: _Source) -> DownloadedAsse
     await _record(ctx, asset)
     ctx.logger.info("Wrote the %s of %s: %d bytes to %s", name, ctx.gid, asset.bytes, path)
     return asset
+
+
+def _untrusted(exc: BaseException) -> bool:
+    """Whether a transport error is a failed certificate check (whatever class the transport
+    mapped it to: httpx-aiohttp makes it a ConnectTimeout)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        if "CERTIFICATE_VERIFY_FAILED" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+async def _broke_off(
+    ctx: _Context,
+    name: str,
+    transfer: PartTransfer,
+    failures: int,
+    exc: Exception,
+    deadline: float,
+) -> int:
+    """Count one broken-off attempt: fail past `max_resume_attempts`, else pause if asked."""
+    failures += 1
+    if failures > ctx.max_resume_attempts:
+        raise LumaDownloadError(
+            f"The {name} of generation {ctx.gid} broke off {failures} times, the last "
+            f"after {transfer.have} bytes ({exc!r}). The partial file is kept: run "
+            "again soon, before the links expire, to resume it.",
+            generation_id=ctx.gid,
+            retryable=True,
+        ) from exc
+    ctx.logger.debug("%s of %s broke off at %d: %r", name, ctx.gid, transfer.have, exc)
+    if isinstance(exc, TransientError):
+        # The one retry schedule: the relay client's policy, slept through its (injectable)
+        # sleep, never past the file's deadline.
+        client = ctx.links.client
+        pause = client.retry.delay(failures)
+        await client.sleep(max(min(pause, deadline - ctx.clock.monotonic()), 0.0))
+    return failures
 
 
 async def _record(ctx: _Context, asset: DownloadedAsset) -> None:

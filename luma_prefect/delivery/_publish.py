@@ -44,13 +44,7 @@ MANIFEST_VERSION = 1
 
 
 def artifact_key(*parts: str) -> str:
-    """A Prefect artifact key: lowercase letters, digits and dashes only.
-
-    Example:
-        ```python
-        artifact_key("luma", "4665A07C_7641")  # "luma-4665a07c-7641"
-        ```
-    """
+    """A Prefect artifact key: lowercase letters, digits and dashes only."""
     key = re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower())
     return re.sub(r"-{2,}", "-", key).strip("-")[:100] or "luma"
 
@@ -62,14 +56,7 @@ def build_manifest(
     timeline: Mapping[str, datetime | None] | None = None,
     published_at: datetime | None = None,
 ) -> dict[str, Any]:
-    """The manifest written beside the files: what was asked, what came back, and where.
-
-    Example:
-        ```python
-        manifest = build_manifest(downloaded, request=GenerationRequest(prompt="a fox"))
-        manifest["assets"]["video"]["sha256"]
-        ```
-    """
+    """The manifest written beside the files: what was asked, what came back, and where."""
     generation = downloaded.generation
     relay_request = generation.raw.get("request")
     times: dict[str, datetime | None] = {
@@ -133,13 +120,7 @@ def mismatched_files(storage: Storage, downloaded: DownloadedGeneration) -> list
 
 
 def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
-    """The manifest as pretty, stable UTF-8 JSON.
-
-    Example:
-        ```python
-        storage.write_bytes("abc/manifest.json", manifest_bytes(manifest))
-        ```
-    """
+    """The manifest as pretty, stable UTF-8 JSON."""
     return (json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n").encode()
 
 
@@ -163,11 +144,6 @@ def summary_artifact_key() -> str:
     One key per flow and deployment (`luma-generate-video`, `luma-generate-video-nightly`)
     keeps the artifact catalog short: each generation is a new version of it, named in
     its description. Outside a flow run: `luma-generation`.
-
-    Example:
-        ```python
-        key = summary_artifact_key()  # "luma-generate-video" in a generate-video run
-        ```
     """
     from prefect.runtime import deployment, flow_run
 
@@ -182,13 +158,7 @@ def summary_artifact_key() -> str:
 
 
 def thumbnail_data_url(data: bytes) -> str | None:
-    """`data:image/...;base64,...` for a JPEG, PNG, GIF or WebP image; None otherwise.
-
-    Example:
-        ```python
-        thumbnail_data_url(Path("thumbnail.jpg").read_bytes())  # "data:image/jpeg;base64,..."
-        ```
-    """
+    """`data:image/...;base64,...` for a JPEG, PNG, GIF or WebP image; None otherwise."""
     kind = next((k for magic, k in _IMAGE_MAGIC if data.startswith(magic)), None)
     if kind is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         kind = "image/webp"
@@ -249,11 +219,6 @@ async def create_summary_artifact(
     `storage` (the destination) lets the thumbnail be read back and inlined; without it, or
     when it is large, the artifact names the file instead. Never the relay's link: signed
     links expire within the hour and would leave a broken image.
-
-    Example:
-        ```python
-        await create_summary_artifact(downloaded, manifest_path, "luma-my-flow", storage)
-        ```
     """
     generation = downloaded.generation
     # Every string that came from the relay (prompt, links, kinds) is escaped or
@@ -315,13 +280,7 @@ _NEXT_STEP: dict[str, str] = {
 
 
 async def create_failure_artifact(outcome: GenerationOutcome, key: str) -> None:
-    """A markdown artifact for a generation that ended unpublished: why, and what next.
-
-    Example:
-        ```python
-        await create_failure_artifact(outcome, summary_artifact_key())
-        ```
-    """
+    """A markdown artifact for a generation that ended unpublished: why, and what next."""
     generation = outcome.generation
     shown_id = outcome.generation_id or "(no id: the submit did not return one)"
     lines = [f"# Luma generation {_md(shown_id)}: {_md(outcome.status.replace('_', ' '))}", ""]
@@ -347,13 +306,7 @@ async def create_failure_artifact(outcome: GenerationOutcome, key: str) -> None:
 
 
 async def report_failures(outcomes: Sequence[GenerationOutcome]) -> None:
-    """A failure artifact (under this flow's key) for each outcome that is not published.
-
-    Example:
-        ```python
-        await report_failures(outcomes)
-        ```
-    """
+    """A failure artifact (under this flow's key) for each outcome that is not published."""
     key = summary_artifact_key()
     for outcome in outcomes:
         if outcome.ok:
@@ -367,13 +320,7 @@ async def report_failures(outcomes: Sequence[GenerationOutcome]) -> None:
 
 
 async def create_batch_table(rows: Sequence[Mapping[str, Any]], key: str) -> None:
-    """A table artifact with one row per generation of a batch.
-
-    Example:
-        ```python
-        await create_batch_table([{"generation_id": "abc", "outcome": "published"}], "luma-b")
-        ```
-    """
+    """A table artifact with one row per generation of a batch."""
     await acreate_table_artifact(
         table=[dict(row) for row in rows],
         key=key,
@@ -387,11 +334,6 @@ def emit_generation_event(
     """Emit a Prefect event about a generation, resource `luma.generation.<id>`.
 
     Automations can match it to start downstream deployments.
-
-    Example:
-        ```python
-        emit_generation_event(EVENT_COMPLETED, generation)
-        ```
     """
     resource = {
         "prefect.resource.id": f"luma.generation.{generation.id}",

@@ -2,39 +2,39 @@
 
 Media links point at third-party CDNs, so they are fetched with a plain client of their
 own that never holds the relay key. `PartTransfer` streams one response into a `PartFile`,
-hashing on the way, and resumes it with HTTP Range after a break-off.
+hashing on the way, resumes it with HTTP Range after a break-off, and cuts an attempt that
+stalls (too few bytes over a window) or outlives the file's total deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import dataclasses
 import hashlib
 import inspect
 import logging
 import posixpath
 import re
-import ssl
-import time
 import typing
-import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpcore
 import httpx
 
 from luma_prefect._exceptions import LumaConfigurationError, LumaDownloadError
-from luma_prefect.delivery._download_net import LargeReads
-from luma_prefect.delivery._plain_http import PlainHTTPTransport
+from luma_prefect._tls import Verify, ssl_context
+from luma_prefect.delivery._guard import UnsafeLink, media_hooks
 from luma_prefect.storage import PartFile
+from luma_prefect.wait._settings import Clock, SystemClock
 
 __all__ = [
     "LinkRefused",
     "PartTransfer",
+    "Stalled",
+    "TransferLimits",
     "TransientError",
+    "UnsafeLink",
     "file_extension",
     "media_client",
     "progress_reporter",
@@ -44,6 +44,7 @@ _log = logging.getLogger("luma_prefect.download")
 EXPIRED_STATUSES = (401, 403, 404, 410)
 _TRANSIENT = (408, 425, 429, 500, 502, 503, 504, 520, 522, 524)
 _PROGRESS_EVERY = 0.25  # seconds: a few updates a second are plenty for a progress bar
+_MAX_REDIRECTS = 10
 _EXTENSIONS = {
     "video/mp4": ".mp4",
     "video/quicktime": ".mov",
@@ -60,14 +61,7 @@ Progress = Callable[[int, int | None], Awaitable[None]]
 
 
 def file_extension(content_type: str | None, url: str, name: str) -> str:
-    """The file extension for a download: from its Content-Type, else its URL, else a default.
-
-    Example:
-        ```python
-        file_extension("image/png", "https://cdn.example/x", "thumbnail")  # ".png"
-        file_extension(None, "https://cdn.example/x.webp?sig=1", "thumbnail")  # ".webp"
-        ```
-    """
+    """The file extension for a download: from its Content-Type, else its URL, else a default."""
     word = (content_type or "").split(";")[0].strip().lower()
     if word in _EXTENSIONS:
         return _EXTENSIONS[word]
@@ -78,69 +72,79 @@ def file_extension(content_type: str | None, url: str, name: str) -> str:
     return ".mp4" if name == "video" else ".jpg"
 
 
-@functools.lru_cache(maxsize=1)
-def _ssl_context() -> ssl.SSLContext:
-    # Loading the CA bundle takes ~25 ms: once per process, not once per download.
-    return httpx.create_ssl_context()
+def media_client(
+    max_connections: int = 3,
+    *,
+    verify: Verify = True,
+    allow_private_hosts: bool = False,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """A plain client for CDN links: no relay key, checked redirects, httpx's own transport.
+
+    `verify` is True, False or a CA bundle path (one SSL context per process and setting).
+    Links and redirects to private, loopback or link-local hosts are refused unless
+    `allow_private_hosts`; an https link never follows a redirect to http. Proxies from the
+    environment (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`) apply as in httpx
+    (unless a `transport` is given). Why httpx's own transport: README, "Media files".
+    """
+    try:
+        return httpx.AsyncClient(
+            verify=ssl_context(verify),
+            limits=httpx.Limits(max_connections=max_connections),
+            transport=transport,
+            follow_redirects=True,
+            max_redirects=_MAX_REDIRECTS,
+            # Per read; the whole transfer is bounded by PartTransfer's deadline and stall check.
+            timeout=httpx.Timeout(60.0, connect=15.0),
+            headers={"User-Agent": "luma-prefect/0.1"},
+            event_hooks=media_hooks(allow_private_hosts),
+        )
+    except ImportError as exc:  # a socks5:// proxy without httpx's socks extra
+        raise LumaConfigurationError(
+            f"The proxy configured in the environment needs a package that is not "
+            f"installed ({exc}). Install it (pip install 'httpx[socks]'), or unset the "
+            "proxy variables for media downloads."
+        ) from exc
 
 
-def _https_transport(max_connections: int) -> httpx.AsyncHTTPTransport:
-    transport = httpx.AsyncHTTPTransport(
-        verify=_ssl_context(), limits=httpx.Limits(max_connections=max_connections)
-    )
-    # httpx has no public hook for the network backend; without this, reads stay small.
-    pool = getattr(transport, "_pool", None)
-    current = getattr(pool, "_network_backend", None)
-    if isinstance(current, httpcore.AsyncNetworkBackend):
-        pool._network_backend = LargeReads(current)  # type: ignore[union-attr]
-    return transport
-
-
-def media_client(max_connections: int = 3) -> httpx.AsyncClient:
-    """A plain client for CDN links: no relay key, redirects followed, large socket reads.
-
-    With a proxy configured in the environment (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`,
-    with `NO_PROXY`), httpx's own transports carry everything through it; otherwise plain
-    `http://` bodies come through `PlainHTTPTransport` and https reads are 1 MiB large.
+class Stalled(Exception):
+    """An attempt cut because too few bytes came over the stall window: resumed like a break.
 
     Example:
         ```python
-        async with media_client() as http:
-            done = await download_generation_files(client, generation, storage, http=http)
+        raise Stalled("fewer than 65536 bytes in 30 s")
         ```
     """
-    options: dict[str, Any] = {
-        "follow_redirects": True,
-        "timeout": httpx.Timeout(60.0, connect=15.0),
-        "headers": {"User-Agent": "luma-prefect/0.1"},
-    }
-    if urllib.request.getproxies().keys() & {"http", "https", "all"}:
-        # httpx applies environment proxies only to the transports it builds itself.
-        limits = httpx.Limits(max_connections=max_connections)
-        try:
-            return httpx.AsyncClient(verify=_ssl_context(), limits=limits, **options)
-        except ImportError as exc:  # a socks5:// proxy without httpx's socks extra
+
+
+class _DeadlinePassed(Exception):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferLimits:
+    """How long one file may take: `deadline_seconds` in all (resumes and pauses included),
+    and at least `stall_bytes` every `stall_seconds`, or the attempt is cut and resumed.
+
+    Example:
+        ```python
+        TransferLimits(deadline_seconds=600, stall_seconds=20, stall_bytes=256 * 1024)
+        ```
+    """
+
+    deadline_seconds: float = 1800.0
+    stall_seconds: float = 30.0
+    stall_bytes: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        if not (self.deadline_seconds > 0 and self.stall_seconds > 0 and self.stall_bytes >= 0):
             raise LumaConfigurationError(
-                f"The proxy configured in the environment needs a package that is not "
-                f"installed ({exc}). Install it (pip install 'httpx[socks]'), or unset the "
-                "proxy variables for media downloads."
-            ) from exc
-    return httpx.AsyncClient(
-        transport=_https_transport(max_connections),
-        mounts={"http://": PlainHTTPTransport(max_connections)},
-        **options,
-    )
+                "deadline_seconds and stall_seconds must be > 0, and stall_bytes >= 0."
+            )
 
 
 class LinkRefused(Exception):
-    """The link answered 401/403/404/410: expired (or never valid); ask for a fresh one.
-
-    Example:
-        ```python
-        except LinkRefused as exc:
-            print(exc.status)  # 403
-        ```
-    """
+    """The link answered 401/403/404/410: expired (or never valid); ask for a fresh one."""
 
     def __init__(self, status: int) -> None:
         super().__init__(f"HTTP {status}")
@@ -148,13 +152,7 @@ class LinkRefused(Exception):
 
 
 class TransientError(Exception):
-    """A transient status or an unusable answer: retried like a broken-off transfer.
-
-    Example:
-        ```python
-        raise TransientError("HTTP 503")
-        ```
-    """
+    """A transient status or an unusable answer: retried like a broken-off transfer."""
 
 
 def _total_of(response: httpx.Response, encoded: bool) -> int | None:
@@ -169,13 +167,9 @@ class PartTransfer:
     """One file's bytes into its `.part`, across resumed attempts; `run` is one attempt.
 
     `have` is the part's length and `digest` the sha256 of exactly those bytes once an
-    attempt ends (normally or not), so the next attempt asks for `Range: bytes=<have>-`.
+    attempt ends (normally or not, cancelled included), so the next attempt asks for
+    `Range: bytes=<have>-`.
 
-    Example:
-        ```python
-        transfer = PartTransfer(http, part, name="video", generation_id=gid, meta={})
-        await transfer.run(url)  # then part.commit(...)
-        ```
     """
 
     def __init__(
@@ -189,20 +183,85 @@ class PartTransfer:
         max_bytes: int = 4 * 1024**3,
         chunk_size: int = 1024 * 1024,
         progress: Progress | None = None,
+        limits: TransferLimits | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.http, self.part, self.name, self.gid = http, part, name, generation_id
         self.meta, self.max_bytes, self.chunk_size = meta, max_bytes, chunk_size
         self.progress = progress
+        self.limits = limits or TransferLimits()
+        self.clock: Clock = clock or SystemClock()
         self.have = 0
+        self.received = 0  # bytes off the network in this attempt: what the stall check counts
         self.digest: Any = None
         self._hashed = -1  # bytes fed to `digest`; -1: unknown, hash the part from disk
 
-    async def run(self, url: str) -> None:
-        """One attempt: request from `have` on, append or start over, verify the length.
+    async def run(self, url: str, *, deadline: float) -> None:
+        """One attempt, cut when it stalls or when the clock passes `deadline`.
 
-        Raises `LinkRefused`, `TransientError`, `httpx.TransportError` (break-off: call
-        again to resume) or `LumaDownloadError` (final).
+        Raises `LinkRefused`, `TransientError`, `Stalled`, `httpx.TransportError` (break-off:
+        call again to resume) or `LumaDownloadError` (final: refused link, redirect loop,
+        too big, deadline passed).
         """
+        self.received = 0
+        attempt = asyncio.ensure_future(self._attempt(url))
+        watch = asyncio.ensure_future(self._watch(deadline))
+        try:
+            await asyncio.wait({attempt, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            if not attempt.done():
+                # Cut (or cancelled from outside): the attempt ends its writes first, so
+                # `have` and `digest` still match the part.
+                attempt.cancel()
+                await asyncio.wait({attempt})
+        if attempt.cancelled() and not watch.cancelled() and watch.done():
+            reason = watch.exception()
+            if isinstance(reason, _DeadlinePassed):
+                raise self._late()
+            raise reason or Stalled("cut")
+        try:
+            attempt.result()
+        except UnsafeLink as exc:
+            raise LumaDownloadError(
+                f"The {self.name} link of generation {self.gid} {exc}, so it was refused. "
+                "If your CDN really is on a private network, set allow_private_media_hosts "
+                "on the credentials block.",
+                generation_id=self.gid,
+            ) from None
+        except httpx.TooManyRedirects:
+            raise LumaDownloadError(
+                f"The {self.name} link of generation {self.gid} redirected more than "
+                f"{_MAX_REDIRECTS} times (a redirect loop), so it was given up. The relay or "
+                "its CDN sent an unusable link: report it to them.",
+                generation_id=self.gid,
+            ) from None
+
+    async def _watch(self, deadline: float) -> None:
+        """Returns (by raising) when the attempt must be cut: deadline passed, or a stall."""
+        window, floor = self.limits.stall_seconds, self.limits.stall_bytes
+        since, mark = self.clock.monotonic(), self.received
+        while True:
+            now = self.clock.monotonic()
+            await self.clock.sleep(max(min(deadline, since + window) - now, 0.0))
+            now = self.clock.monotonic()
+            if now >= deadline:
+                raise _DeadlinePassed
+            if now - since >= window:
+                if self.received - mark < floor:
+                    raise Stalled(f"fewer than {floor} bytes in {window:g} s")
+                since, mark = now, self.received
+
+    def _late(self) -> LumaDownloadError:
+        return LumaDownloadError(
+            f"The {self.name} of generation {self.gid} was not downloaded within its limit "
+            f"of {self.limits.deadline_seconds:g} s ({self.have} bytes so far). The partial "
+            "file is kept: run again soon, before the links expire, to resume it.",
+            generation_id=self.gid,
+            retryable=True,
+        )
+
+    async def _attempt(self, url: str) -> None:
         self.have = await asyncio.to_thread(lambda: self.part.size)
         # identity: the bytes on disk are then the bytes Content-Length and Range count.
         headers = {"Accept-Encoding": "identity"}
@@ -249,69 +308,56 @@ class PartTransfer:
         """Network pieces into the part in batches of `chunk_size`, hashed on the way.
 
         Batched here, not with httpx's `chunk_size`: httpx drops a half-filled chunk when the
-        connection breaks, and those bytes would be downloaded twice. Each batch is hashed
-        here, as it arrives and while its bytes are still in this core's cache, then queued
-        to a one-thread writer (one `writev`, the pieces never joined) that writes it while
-        the next batch arrives. Hashing in the writer instead measured about 20 % more CPU:
-        each batch crossed to another core to be read a second time.
-
-        Whatever ends the attempt (a break-off, cancellation), every queued batch is written
-        before this returns, so `have` and `digest` cover exactly the bytes in the part; a
-        failed write leaves the digest unknown (`_hashed = -1`).
+        connection breaks, and those bytes would be downloaded twice. Whatever ends the
+        attempt (a break-off, a cut, cancellation), what arrived is written before this
+        returns, so `have` and `digest` cover exactly the bytes in the part.
         """
-        loop = asyncio.get_running_loop()
-        last, over = 0.0, False
+        last, over = -_PROGRESS_EVERY, False  # the first batch is reported at once
         batch: list[bytes] = []
         size = 0
-        unfinished: list[asyncio.Future[None]] = []  # queued writes, in order
-        with (
-            self.part.writer(append=append) as write,
-            ThreadPoolExecutor(1, thread_name_prefix="luma-part-writer") as writer,
-        ):
-            digest = self.digest
-
-            async def flush() -> None:
-                nonlocal batch, size
-                done, count = batch, size
-                batch, size = [], 0
-                _hash_pieces(digest, done)  # sha256 releases the GIL: the writer goes on
-                # Hashed, queued and counted with no await in between: never one without all.
-                unfinished.append(loop.run_in_executor(writer, write, done))
-                self.have += count
-                if len(unfinished) > 1:  # two batches in flight at most: memory stays flat
-                    await asyncio.shield(unfinished[0])
-                    unfinished.pop(0)
-
+        with self.part.writer(append=append) as write:
             try:
                 async for piece in pieces:
+                    self.received += len(piece)
                     batch.append(piece)
                     size += len(piece)
                     if self.have + size > self.max_bytes:
                         over = True
                         break
                     if size >= self.chunk_size:
-                        await flush()
-                        if self.progress and time.monotonic() - last >= _PROGRESS_EVERY:
-                            last = time.monotonic()
+                        await self._flush(write, batch)
+                        batch, size = [], 0
+                        now = self.clock.monotonic()
+                        if self.progress and now - last >= _PROGRESS_EVERY:
+                            last = now
                             await self.progress(self.have, total)
             finally:
                 # What arrived before a break-off is kept: the resume starts after it.
                 if batch and not over:
-                    await flush()
-                await self._finish_writes(unfinished)
+                    await self._flush(write, batch)
         if over:
             await self._too_big(f"grew past {self.max_bytes} bytes")
         if self.progress:
             await self.progress(self.have, total)
 
-    async def _finish_writes(self, unfinished: list[asyncio.Future[None]]) -> None:
-        """Wait for every queued write; the first failure is raised, the digest then unknown."""
-        self._hashed = -1  # until every write is known to be done (even if cancelled again)
-        outcomes = await asyncio.shield(asyncio.gather(*unfinished, return_exceptions=True))
-        failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
-        if failures:
-            raise failures[0]
+    async def _flush(self, write: Callable[[bytes], None], batch: list[bytes]) -> None:
+        """Hash one batch here (its bytes are still in this core's cache), write it in a
+        thread, then count it; a cancellation waits for the write, so counts stay exact."""
+        data = batch[0] if len(batch) == 1 else b"".join(batch)
+        self._hashed = -1  # until the write is known to be done
+        self.digest.update(data)
+        written = asyncio.get_running_loop().run_in_executor(None, write, data)
+        cancelled = False
+        while not written.done():
+            try:
+                await asyncio.wait({written})
+            except asyncio.CancelledError:
+                cancelled = True
+        written.result()  # a failed write raised LumaDownloadError, the part removed
+        self.have += len(data)
         self._hashed = self.have
+        if cancelled:
+            raise asyncio.CancelledError
 
     async def _unsatisfiable(self, response: httpx.Response) -> None:
         # 416 with the part already whole: a crash came between the last byte and the rename.
@@ -335,21 +381,10 @@ class PartTransfer:
         )
 
 
-def _hash_pieces(digest: Any, pieces: list[bytes]) -> None:
-    for piece in pieces:
-        digest.update(piece)
-
-
 def progress_reporter(
     callback: Callable[[str, int, int | None], Any] | None, name: str
 ) -> Progress | None:
-    """`callback(name, done, total)` as a `Progress`; sync or async, its failures ignored.
-
-    Example:
-        ```python
-        report = progress_reporter(lambda n, d, t: print(n, d, t), "video")
-        ```
-    """
+    """`callback(name, done, total)` as a `Progress`; sync or async, its failures ignored."""
     if callback is None:
         return None
 

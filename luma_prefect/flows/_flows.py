@@ -21,10 +21,8 @@ from luma_prefect._models import (
     Resolution,
 )
 from luma_prefect._outcomes import AssetName, GenerationOutcome, PublishedGeneration
-from luma_prefect.credentials import LumaRelayCredentials
 from luma_prefect.delivery._publish import report_failures
 from luma_prefect.flows._steps import (
-    Destination,
     FailWhen,
     WaitOptions,
     collect,
@@ -38,11 +36,10 @@ from luma_prefect.ledger._records import Ledger
 from luma_prefect.storage import storage_for
 from luma_prefect.tasks import _names as names
 from luma_prefect.tasks import resolve_credentials
+from luma_prefect.tasks._common import CredentialsInput, Destination
 from luma_prefect.tasks._progress import BatchProgress
 
 __all__ = ["collect_generations", "collect_pending", "generate_video", "generate_videos"]
-
-CredentialsInput = LumaRelayCredentials | str
 
 DEFAULT_CREDENTIALS = "luma-relay"
 DEFAULT_DESTINATION = "luma-output"

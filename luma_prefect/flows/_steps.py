@@ -22,7 +22,6 @@ from prefect import get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.client.orchestration import get_client
 from prefect.events import emit_event
-from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 from prefect.results import get_result_store
 from prefect.runtime import flow_run as current_flow_run
 
@@ -63,7 +62,7 @@ from luma_prefect.tasks import (
     wait_for_generation,
     wait_for_generations,
 )
-from luma_prefect.tasks._common import WAIT_BACKSTOP_MARGIN_SECONDS
+from luma_prefect.tasks._common import WAIT_BACKSTOP_MARGIN_SECONDS, Destination
 
 __all__ = [
     "LEASE",
@@ -77,7 +76,6 @@ __all__ = [
     "same_relay",
 ]
 
-Destination = str | LocalFileSystem | RemoteFileSystem
 FailWhen = Literal["all", "any", "never"]
 
 # A claim is a lease renewed while its holder waits and delivers: a holder silent for this
@@ -105,7 +103,7 @@ class WaitOptions:
         self.poll_interval_seconds = poll
         self.max_poll_interval_seconds = max(max_poll, poll)
 
-    def as_kwargs(self) -> dict[str, float]:
+    def as_kwargs(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
 
 

@@ -124,19 +124,7 @@ class Lease:
 
 
 class Claims:
-    """Numbered, exclusive-create claims on generations in one storage folder.
-
-    Example:
-        ```python
-        now = lambda: datetime.now(timezone.utc)
-        claims = Claims(storage_for("./luma-output"), ".luma-ledger/claims", clock=now)
-        if claims.take(generation_id, "run-1", stale_after=timedelta(minutes=15)):
-            try:
-                ...  # download and publish
-            finally:
-                claims.release(generation_id, "run-1")
-        ```
-    """
+    """Numbered, exclusive-create claims on generations in one storage folder."""
 
     def __init__(self, storage: Storage, root: str, *, clock: Callable[[], datetime]) -> None:
         self.storage = storage
@@ -151,11 +139,6 @@ class Claims:
         take asks for; another holder's claim is stale after its own lease without renewal.
         `force` takes over a live-looking claim whose holder the caller knows is gone (its
         flow run ended).
-
-        Example:
-            ```python
-            claims.take(generation_id, "run-1", stale_after=timedelta(minutes=15))
-            ```
         """
         for _ in range(_ATTEMPTS):
             number, current = self._current(generation_id)
@@ -232,37 +215,21 @@ class Claims:
         )
 
     def owner(self, generation_id: str) -> str | None:
-        """Who holds the claim now, if anyone.
-
-        Example:
-            ```python
-            claims.owner(generation_id)  # "run-1" or None
-            ```
-        """
+        """Who holds the claim now, if anyone."""
         _, current = self._current(generation_id)
         if current is None or current.get("released"):
             return None
         return str(current.get("owner")) if current.get("owner") else None
 
     def abandoned(self, generation_id: str) -> bool:
-        """True when the claim's holder is known dead (same machine, process gone).
-
-        Example:
-            ```python
-            claims.abandoned(generation_id)
-            ```
-        """
+        """True when the claim's holder is known dead (same machine, process gone)."""
         _, current = self._current(generation_id)
-        return bool(current) and not current.get("released") and _holder_gone(current)
+        if not current:
+            return False
+        return not current.get("released") and _holder_gone(current)
 
     def release(self, generation_id: str, owner: str | Lease) -> None:
-        """Give the claim back, if `owner` (a name, or the lease itself) still holds it.
-
-        Example:
-            ```python
-            claims.release(generation_id, "run-1")
-            ```
-        """
+        """Give the claim back, if `owner` (a name, or the lease itself) still holds it."""
         number, current = self._current(generation_id)
         if current is None or current.get("released"):
             return

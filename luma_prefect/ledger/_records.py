@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from luma_prefect._exceptions import LumaConfigurationError
-from luma_prefect._models import Generation, GenerationRequest, check_generation_id
+from luma_prefect._models import Generation, GenerationId, GenerationRequest, check_generation_id
 from luma_prefect.ledger._claims import Claims, Lease
 from luma_prefect.ledger._claims import _holder as process_holder
 from luma_prefect.ledger._claims import _holder_gone as holder_gone
@@ -99,16 +99,9 @@ class SubmitIntent(BaseModel):
 
 
 class LedgerRecord(BaseModel):
-    """What the ledger knows of one paid generation.
+    """What the ledger knows of one paid generation."""
 
-    Example:
-        ```python
-        record = ledger.get("4665a07c-7641-4809-a133-10786201bb56")
-        print(record.status, record.history)
-        ```
-    """
-
-    generation_id: str
+    generation_id: GenerationId
     status: LedgerStatus
     request: dict[str, Any] | None = None
     flow_run_id: str | None = None
@@ -118,13 +111,7 @@ class LedgerRecord(BaseModel):
     history: list[dict[str, str]] = Field(default_factory=list)
 
     def times(self) -> dict[str, datetime]:
-        """When the record reached each status (the latest time for each).
-
-        Example:
-            ```python
-            record.times()["submitted"]
-            ```
-        """
+        """When the record reached each status (the latest time for each)."""
         return {entry["status"]: datetime.fromisoformat(entry["at"]) for entry in self.history}
 
 
@@ -133,15 +120,7 @@ def _now() -> datetime:
 
 
 class Ledger:
-    """Records of paid generations, in a storage shared by every flow run that uses it.
-
-    Example:
-        ```python
-        ledger = Ledger(storage_for("./luma-output"))
-        for record in ledger.unfinished():
-            print(record.generation_id, record.status)
-        ```
-    """
+    """Records of paid generations, in a storage shared by every flow run that uses it."""
 
     def __init__(self, storage: Storage, *, clock: Callable[[], datetime] = _now) -> None:
         self.storage = storage
@@ -152,23 +131,11 @@ class Ledger:
     def submit_key(
         scope: str, relay: str, request: GenerationRequest, operation: str = "submit"
     ) -> str:
-        """The identity of one paid submit (see `luma_prefect.ledger._identity`).
-
-        Example:
-            ```python
-            key = Ledger.submit_key(f"run:{root_id}", "https://relay|generations", request)
-            ```
-        """
+        """The identity of one paid submit (see `luma_prefect.ledger._identity`)."""
         return submit_identity(scope, relay, request, operation)
 
     def submission(self, key: str) -> SubmitIntent | None:
-        """What the ledger knows of the submit with this identity, or None.
-
-        Example:
-            ```python
-            intent = ledger.submission(key)
-            ```
-        """
+        """What the ledger knows of the submit with this identity, or None."""
         data = self._read(self._submit_path(key))
         if data is None:
             return None
@@ -178,13 +145,7 @@ class Ledger:
             return None
 
     def find_submission(self, key: str) -> str | None:
-        """The generation id recorded for a submission key, if any.
-
-        Example:
-            ```python
-            generation_id = ledger.find_submission(key)
-            ```
-        """
+        """The generation id recorded for a submission key, if any."""
         intent = self.submission(key)
         return intent.generation_id if intent else None
 
@@ -192,12 +153,6 @@ class Ledger:
         """True when a submit under this key began but its answer was never recorded.
 
         The relay may have created (and charged) a generation that nobody knows the id of.
-
-        Example:
-            ```python
-            if ledger.submission_in_doubt(key):
-                ...  # do not submit again blindly
-            ```
         """
         intent = self.submission(key)
         return intent is not None and intent.in_doubt
@@ -217,11 +172,6 @@ class Ledger:
 
         The intent says enough to find the generation again if the answer is lost: the
         request, the relay, when, which process, and where Prefect persists the result.
-
-        Example:
-            ```python
-            ledger.begin_submission(key, run_id, request=request)
-            ```
         """
         intent = SubmitIntent(
             key=key,
@@ -251,13 +201,7 @@ class Ledger:
         self._write_intent(intent.model_copy(update={"state": "in_doubt", "reason": reason}))
 
     def abandon_submission(self, key: str) -> None:
-        """Forget a submit that certainly created nothing (refused, or never sent).
-
-        Example:
-            ```python
-            ledger.abandon_submission(key)
-            ```
-        """
+        """Forget a submit that certainly created nothing (refused, or never sent)."""
         self.storage.delete(self._submit_path(key))
 
     def drop_in_doubt(self, key: str, note: str) -> SubmitIntent:
@@ -265,11 +209,6 @@ class Ledger:
 
         The intent stays as `abandoned` (no longer reported); a later run with the same
         identity submits again.
-
-        Example:
-            ```python
-            ledger.drop_in_doubt(key, "not in the relay's task list")
-            ```
         """
         intent = self._doubtful(key)
         dropped = intent.model_copy(
@@ -285,11 +224,6 @@ class Ledger:
 
         `flow_run_id`: the run that goes on with it (a retried run); None, the default, lets
         any sweep finish it (the run that sent it died or gave up on it).
-
-        Example:
-            ```python
-            ledger.resolve_submission(key, Generation(id=gid, state="pending"), "by hand")
-            ```
         """
         intent = self._doubtful(key)
         request = GenerationRequest.model_validate(intent.request) if intent.request else None
@@ -308,12 +242,6 @@ class Ledger:
 
         An intent still `sending` may belong to a run sending right now: see
         `SubmitIntent.holder_gone` and the flow run's state before calling it in doubt.
-
-        Example:
-            ```python
-            for intent in ledger.in_doubt():
-                print(intent.key, intent.at, intent.reason)
-            ```
         """
         found = []
         for path in self.storage.list(f"{_ROOT}/submits"):
@@ -325,13 +253,7 @@ class Ledger:
         return sorted(found, key=lambda i: i.at or "")
 
     def find_in_doubt(self, prefix: str) -> SubmitIntent:
-        """The one in-doubt submit whose key starts with `prefix` (at least 6 characters).
-
-        Example:
-            ```python
-            intent = ledger.find_in_doubt("3f9c2a")
-            ```
-        """
+        """The one in-doubt submit whose key starts with `prefix` (at least 6 characters)."""
         prefix = prefix.strip().lower()
         if len(prefix) < 6 or not _HEX.fullmatch(prefix):
             raise LumaConfigurationError(
@@ -362,15 +284,8 @@ class Ledger:
         relay_style: str,
         resolved: str | None = None,
     ) -> LedgerRecord:
-        """Record a generation the relay just accepted (call before any wait).
-
-        Example:
-            ```python
-            ledger.record_submitted(generation, key=key, request=request, flow_run_id=run_id,
-                                    relay_base_url=url, relay_style="generations")
-            ```
-        """
-        generation_id = check_generation_id(generation.id)
+        """Record a generation the relay just accepted (call before any wait)."""
+        generation_id = generation.id
         record = LedgerRecord(
             generation_id=generation_id,
             status="submitted",
@@ -389,13 +304,7 @@ class Ledger:
         return record
 
     def get(self, generation_id: str) -> LedgerRecord | None:
-        """The record of a generation, or None.
-
-        Example:
-            ```python
-            ledger.get(generation_id)
-            ```
-        """
+        """The record of a generation, or None."""
         data = self._read(self._record_path(generation_id))
         if data is None:
             return None
@@ -407,13 +316,7 @@ class Ledger:
     def mark(
         self, generation_id: str, status: LedgerStatus, *, error: str | None = None
     ) -> LedgerRecord | None:
-        """Move a recorded generation to a new status; None if it is not in the ledger.
-
-        Example:
-            ```python
-            ledger.mark(generation_id, "downloaded")
-            ```
-        """
+        """Move a recorded generation to a new status; None if it is not in the ledger."""
         record = self.get(generation_id)
         if record is None:
             return None
@@ -423,13 +326,7 @@ class Ledger:
         return record
 
     def updated_at(self, record: LedgerRecord) -> datetime | None:
-        """When a record last changed.
-
-        Example:
-            ```python
-            ledger.updated_at(record)
-            ```
-        """
+        """When a record last changed."""
         return max(record.times().values(), default=None)
 
     def known_generation_ids(self) -> list[str]:
@@ -444,13 +341,7 @@ class Ledger:
         return [n[: -len(".json")] for n in names if n.endswith(".json")]
 
     def unfinished(self) -> list[LedgerRecord]:
-        """Every recorded generation not yet published nor failed, oldest first.
-
-        Example:
-            ```python
-            ids = [r.generation_id for r in ledger.unfinished()]
-            ```
-        """
+        """Every recorded generation not yet published nor failed, oldest first."""
         records = []
         for path in self.storage.list(f"{_ROOT}/generations"):
             name = path.rsplit("/", 1)[-1]
@@ -469,12 +360,6 @@ class Ledger:
 
         A claim not renewed within its holder's lease, or whose process is gone from this
         machine (its holder died), is taken over. See `luma_prefect.ledger._claims`.
-
-        Example:
-            ```python
-            if ledger.claim(generation_id, owner=run_id, stale_after=timedelta(minutes=15)):
-                ...  # download and publish, then ledger.release(generation_id, run_id)
-            ```
         """
         return self._claims.take(generation_id, owner, stale_after=stale_after, force=force)
 
@@ -509,33 +394,15 @@ class Ledger:
         return self._claims.live(generation_id)
 
     def claim_owner(self, generation_id: str) -> str | None:
-        """Who holds the claim on a generation now, if anyone.
-
-        Example:
-            ```python
-            holder = ledger.claim_owner(generation_id)
-            ```
-        """
+        """Who holds the claim on a generation now, if anyone."""
         return self._claims.owner(generation_id)
 
     def claim_abandoned(self, generation_id: str) -> bool:
-        """True when a claim is held by a process known to be dead (on this machine).
-
-        Example:
-            ```python
-            ledger.claim_abandoned(generation_id)
-            ```
-        """
+        """True when a claim is held by a process known to be dead (on this machine)."""
         return self._claims.abandoned(generation_id)
 
     def release(self, generation_id: str, owner: str | Lease) -> None:
-        """Give back a claim `owner` holds; a claim someone else took over is left alone.
-
-        Example:
-            ```python
-            ledger.release(generation_id, run_id)
-            ```
-        """
+        """Give back a claim `owner` holds; a claim someone else took over is left alone."""
         self._claims.release(generation_id, owner)
 
     def _submit_path(self, key: str) -> str:

@@ -26,6 +26,7 @@ from luma_prefect._exceptions import (
 )
 from luma_prefect._models import ApiStyle, Generation, GenerationRequest, check_generation_id
 from luma_prefect._retry import RetryPolicy
+from luma_prefect._tls import Verify, ssl_context
 from luma_prefect._urls import public_url
 from luma_prefect.relay._answers import proves_refusal, read_body
 from luma_prefect.relay._parsing import parse_generation, parse_generations
@@ -127,6 +128,7 @@ class LumaClient:
         retry: RetryPolicy | None = None,
         batch_size: int = 50,
         transport: httpx.AsyncBaseTransport | None = None,
+        verify: Verify = True,
         sleep: Sleep | None = None,
         rng: random.Random | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
@@ -170,6 +172,7 @@ class LumaClient:
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
             transport=transport,
+            verify=ssl_context(verify),  # one per process: a CA bundle load is ~20 ms
         )
 
     @property

@@ -26,11 +26,6 @@ def parse_generations(body: Any) -> list[Generation]:
     """Every generation in a relay answer, in the order the relay gave them.
 
     Raises `LumaProtocolError` when the body holds no generation shape at all.
-
-    Example:
-        ```python
-        generations = parse_generations(json.loads(Path("batch.json").read_text()))
-        ```
     """
     try:
         return _parse_generations(body)
@@ -102,7 +97,7 @@ def _parse_item(item: Any) -> Generation:
 
 def _parse_task_item(item: Mapping[str, Any]) -> Generation:
     """A batch task-wrapper entry: the relay's task status around Luma's own object."""
-    inner = item.get("data") if isinstance(item.get("data"), Mapping) else {}
+    inner = _mapping(item.get("data"))
     outer_word = item.get("status")
     outer = GenerationState.from_relay(outer_word)
     inner_state = GenerationState.from_relay(inner.get("state"))
@@ -127,8 +122,8 @@ def _parse_task_item(item: Mapping[str, Any]) -> Generation:
 
 
 def _parse_official(item: Mapping[str, Any]) -> Generation:
-    assets = item.get("assets") if isinstance(item.get("assets"), Mapping) else {}
-    request = item.get("request") if isinstance(item.get("request"), Mapping) else {}
+    assets = _mapping(item.get("assets"))
+    request = _mapping(item.get("request"))
     video_url, image_url = _url(assets.get("video")), _url(assets.get("image"))
     return _build(
         item,
@@ -140,8 +135,8 @@ def _parse_official(item: Mapping[str, Any]) -> Generation:
 
 
 def _parse_relay_object(item: Mapping[str, Any]) -> Generation:
-    request = item.get("request") if isinstance(item.get("request"), Mapping) else {}
-    artifact = item.get("artifact") if isinstance(item.get("artifact"), Mapping) else {}
+    request = _mapping(item.get("request"))
+    artifact = _mapping(item.get("artifact"))
     assets: dict[str, Any] = {}
     for name in _ASSET_NAMES:
         value = item.get(name) or artifact.get(name)
@@ -159,12 +154,22 @@ def _parse_relay_object(item: Mapping[str, Any]) -> Generation:
     )
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """The value when it is an object, else an empty one (relays put strings where we hope
+    for objects)."""
+    return value if isinstance(value, Mapping) else {}
+
+
 def _build(item: Mapping[str, Any], **fields: Any) -> Generation:
     generation_id = item.get("id")
     if generation_id in (None, ""):
         raise LumaProtocolError(
             "The relay's generation object has no id.", body_excerpt=repr(dict(item))[:200]
         )
+    values: dict[str, Any] = {
+        key: _text(value) if key in ("prompt", "aspect_ratio") else value
+        for key, value in fields.items()
+    }
     try:
         return Generation(
             id=str(generation_id),
@@ -174,10 +179,7 @@ def _build(item: Mapping[str, Any], **fields: Any) -> Generation:
             failure_reason=_reason(item.get("failure_reason")),
             estimate_wait_seconds=item.get("estimate_wait_seconds"),
             raw=dict(item),
-            **{
-                key: _text(value) if key in ("prompt", "aspect_ratio") else value
-                for key, value in fields.items()
-            },
+            **values,
         )
     except ValidationError as exc:
         raise LumaProtocolError(
@@ -217,14 +219,7 @@ def _word(value: Any) -> str | None:
 
 
 class RelayErrorInfo:
-    """What an error body says, whichever of the relays' error shapes it used.
-
-    Example:
-        ```python
-        info = error_info({"detail": "Invalid API key is provided"}, {})
-        assert info.message == "Invalid API key is provided"
-        ```
-    """
+    """What an error body says, whichever of the relays' error shapes it used."""
 
     __slots__ = ("code", "message", "request_id")
 
@@ -239,13 +234,7 @@ _REQUEST_ID_HEADERS = ("x-request-id", "x-oneapi-request-id", "request-id", "cf-
 
 
 def error_info(body: Any, headers: Mapping[str, str]) -> RelayErrorInfo:
-    """The relay's message, code and request id from an error body and its headers.
-
-    Example:
-        ```python
-        error_info({"error": {"message": "bad key", "type": "new_api_error"}}, {}).message
-        ```
-    """
+    """The relay's message, code and request id from an error body and its headers."""
     message: Any = None
     code: Any = None
     if isinstance(body, Mapping):

@@ -15,26 +15,14 @@ _OFFICIAL_ROOT = "/dream-machine/v1/generations"
 
 
 def normalise_prefix(prefix: str | None) -> str:
-    """`/luma`, `luma/` and `/luma/` all give `/luma`; empty gives an empty prefix.
-
-    Example:
-        ```python
-        assert normalise_prefix("pro/luma/") == "/pro/luma"
-        ```
-    """
+    """`/luma`, `luma/` and `/luma/` all give `/luma`; empty gives an empty prefix."""
     cleaned = (prefix or "").strip().strip("/")
     return f"/{cleaned}" if cleaned else ""
 
 
 @dataclass(frozen=True)
 class Route:
-    """One HTTP call: method, path under the base URL, query parameters.
-
-    Example:
-        ```python
-        Route("GET", "/luma/task", {"id": "abc"})
-        ```
-    """
+    """One HTTP call: method, path under the base URL, query parameters."""
 
     method: str
     path: str
@@ -43,14 +31,7 @@ class Route:
 
 @dataclass(frozen=True)
 class StyleRoutes:
-    """The routes of one relay style under one prefix.
-
-    Example:
-        ```python
-        routes = StyleRoutes("generations", "/luma")
-        routes.query("abc").path  # "/luma/generations/abc"
-        ```
-    """
+    """The routes of one relay style under one prefix."""
 
     style: ApiStyle
     prefix: str = "/luma"

@@ -24,7 +24,7 @@ Example:
 
 from luma_prefect.simulator._config import Fault, FaultKind, SimulatorConfig
 from luma_prefect.simulator._counters import Counters
-from luma_prefect.simulator._server import RelaySimulator, run_simulator
+from luma_prefect.simulator._server import RelaySimulator, SimulatorTLS, run_simulator
 
 __all__ = [
     "Counters",
@@ -32,5 +32,6 @@ __all__ = [
     "FaultKind",
     "RelaySimulator",
     "SimulatorConfig",
+    "SimulatorTLS",
     "run_simulator",
 ]

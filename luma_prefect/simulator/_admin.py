@@ -8,22 +8,20 @@ from __future__ import annotations
 
 import json
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from luma_prefect.simulator._config import Fault
+from luma_prefect.simulator._relay import RelayBase
 from luma_prefect.simulator._responses import json_response
-
-if TYPE_CHECKING:
-    from luma_prefect.simulator._app import Relay
 
 __all__ = ["admin_routes"]
 
 
-def admin_routes(relay: Relay) -> list[Route]:
+def admin_routes(relay: RelayBase) -> list[Route]:
     state = relay.state
 
     async def body_of(request: Request) -> Any:

@@ -21,7 +21,15 @@ from luma_prefect.simulator._state import SimulatorState
 
 __all__ = ["Relay", "build_app"]
 
-_MEDIA_FAULTS = (FaultKind.RATE_LIMIT, FaultKind.SERVER_ERROR, FaultKind.DROP_CONNECTION)
+_MEDIA_FAULTS = (
+    FaultKind.RATE_LIMIT,
+    FaultKind.SERVER_ERROR,
+    FaultKind.DROP_CONNECTION,
+    FaultKind.STALL_BODY,
+    FaultKind.TRICKLE_BODY,
+    FaultKind.REDIRECT_LOOP,
+    FaultKind.REDIRECT_TO_HTTP,
+)
 _SYNTHETIC_DEFAULT = 1 << 20
 _EXPIRED_XML = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code>'
@@ -236,6 +244,15 @@ class Relay(RelayBase):
         if refused is not None:
             return refused
         late = call.late.fault if call.late else None
+        if late is not None and late.kind in (FaultKind.REDIRECT_LOOP, FaultKind.REDIRECT_TO_HTTP):
+            url = request.url
+            if late.kind is FaultKind.REDIRECT_TO_HTTP:
+                url = url.replace(scheme="http")
+            return Response(b"", 302, headers={"location": str(url)})
+        slow_body = late is not None and late.kind in (
+            FaultKind.STALL_BODY,
+            FaultKind.TRICKLE_BODY,
+        )
 
         def respond(size: int, media_type: str, content: bytes | None = None) -> MediaResponse:
             return MediaResponse(
@@ -245,6 +262,12 @@ class Relay(RelayBase):
                 content=content,
                 drop=late is not None,
                 drop_after=late.after_bytes if late else None,
+                trickle=(
+                    (late.delay_seconds if late.kind is FaultKind.TRICKLE_BODY else None)
+                    if late is not None and slow_body
+                    else None
+                ),
+                stall=late is not None and late.kind is FaultKind.STALL_BODY,
                 on_bytes=self.state.add_bytes,
                 extra_headers={"cache-control": "public, max-age=3600"},
             )

@@ -53,6 +53,10 @@ class FaultKind(str, Enum):
     NO_BATCH_ROUTE = "no_batch_route"
     UNKNOWN_STATE = "unknown_state"
     FAIL_GENERATION = "fail_generation"
+    STALL_BODY = "stall_body"
+    TRICKLE_BODY = "trickle_body"
+    REDIRECT_LOOP = "redirect_loop"
+    REDIRECT_TO_HTTP = "redirect_to_http"
     ACCEPT_THEN_ERROR = "accept_then_error"
     OTHER_GENERATION = "other_generation"
     TRICKLE_ANSWER = "trickle_answer"
@@ -76,6 +80,10 @@ DEFAULT_ROUTES: dict[FaultKind, tuple[str, ...]] = {
     FaultKind.UNKNOWN_STATE: _RENDERING_ROUTES,
     # Decides an outcome rather than an answer, so it is not tied to a route.
     FaultKind.FAIL_GENERATION: ROUTES,
+    FaultKind.STALL_BODY: ("media",),
+    FaultKind.TRICKLE_BODY: ("media",),
+    FaultKind.REDIRECT_LOOP: ("media",),
+    FaultKind.REDIRECT_TO_HTTP: ("media",),
     FaultKind.ACCEPT_THEN_ERROR: ("submit", "extend"),
     FaultKind.OTHER_GENERATION: ("query",),
     FaultKind.TRICKLE_ANSWER: API_ROUTES,

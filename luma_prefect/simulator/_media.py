@@ -45,13 +45,7 @@ def _block() -> bytes:
 
 
 def synthetic_bytes(start: int, length: int) -> bytes:
-    """`length` bytes of the synthetic video body from offset `start` (for checking downloads).
-
-    Example:
-        ```python
-        assert synthetic_bytes(0, 8)[4:8] == b"ftyp"
-        ```
-    """
+    """`length` bytes of the synthetic video body from offset `start` (for checking downloads)."""
     parts = []
     position, end = start, start + length
     while position < end:
@@ -108,7 +102,9 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 class MediaResponse:
     """A CDN answer with Range support, streamed in 1 MiB chunks.
 
-    With `drop`, the connection is cut `drop_after` bytes into the body (default: half).
+    With `drop`, the connection is cut `drop_after` bytes into the body (default: half);
+    with `stall` as well, the body goes silent there instead (until the client leaves), and
+    with `trickle` it goes on one byte every `trickle` seconds.
     """
 
     def __init__(
@@ -120,6 +116,8 @@ class MediaResponse:
         content: bytes | None = None,
         drop: bool = False,
         drop_after: int | None = None,
+        stall: bool = False,
+        trickle: float | None = None,
         on_bytes: Callable[[int], None] = lambda count: None,
         extra_headers: dict[str, str] | None = None,
     ) -> None:
@@ -129,6 +127,8 @@ class MediaResponse:
         self.range_header = range_header
         self.drop = drop
         self.drop_after = drop_after
+        self.stall = stall
+        self.trickle = trickle
         self.on_bytes = on_bytes
         self.extra_headers = extra_headers or {}
 
@@ -162,10 +162,10 @@ class MediaResponse:
         limit = (
             (length // 2 if self.drop_after is None else self.drop_after) if dropping else length
         )
-        await self._stream(receive, send, first, limit, dropping)
+        await self._stream(receive, send, first, limit, dropping, length)
 
     async def _stream(
-        self, receive: Receive, send: Send, first: int, limit: int, dropping: bool
+        self, receive: Receive, send: Send, first: int, limit: int, dropping: bool, length: int
     ) -> None:
         gone = asyncio.Event()
 
@@ -192,10 +192,35 @@ class MediaResponse:
                 await asyncio.sleep(0)
             if limit == 0 and not dropping:
                 await send({"type": "http.response.body", "body": b""})
+            if dropping and (self.stall or self.trickle is not None):
+                await self._slow_rest(send, first + sent, length - sent, gone)
+                return
         finally:
             watcher.cancel()
         if dropping and not gone.is_set():
             raise ConnectionDropped("media body cut on purpose by a DROP_CONNECTION fault")
+
+    async def _slow_rest(self, send: Send, position: int, left: int, gone: asyncio.Event) -> None:
+        """The rest of a stalling body (nothing) or of a trickling one (a byte at a time)."""
+        while left > 0 and not gone.is_set():
+            if self.trickle is None:
+                await gone.wait()
+                return
+            try:
+                await asyncio.wait_for(gone.wait(), self.trickle)
+                return
+            except asyncio.TimeoutError:
+                pass
+            self.on_bytes(1)
+            left -= 1
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": self._chunk(position, 1),
+                    "more_body": left > 0,
+                }
+            )
+            position += 1
 
     def _chunk(self, position: int, size: int) -> bytes:
         if self.content is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -16,15 +17,42 @@ from luma_prefect.simulator._state import SimulatorState
 
 if TYPE_CHECKING:
     import uvicorn
+    from typing_extensions import Self
 
-    from luma_prefect.credentials import LumaRelayCredentials
     from luma_prefect.simulator._app import Relay
 
-__all__ = ["RelaySimulator", "run_simulator"]
+__all__ = ["RelaySimulator", "SimulatorTLS", "run_simulator"]
 
 HOST = "127.0.0.1"
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulatorTLS:
+    """https for a simulator: its certificate and key files (or a server SSL context), and
+    the CA bundle its clients trust (what `credentials()` passes as `verify`).
+
+    Example:
+        ```python
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1")
+        cert.private_key_and_cert_chain_pem.write_to_path("server.pem")
+        ca.cert_pem.write_to_path("ca.pem")
+        tls = SimulatorTLS(certfile="server.pem", ca_file="ca.pem")
+        with run_simulator(tls=tls) as sim:
+            assert sim.base_url.startswith("https://")
+        ```
+    """
+
+    certfile: str | None = None
+    keyfile: str | None = None
+    context: ssl.SSLContext | None = None
+    ca_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.certfile is None) == (self.context is None):
+            raise ValueError("give either certfile (and keyfile) or context")
 
 
 class RelaySimulator:
@@ -43,12 +71,19 @@ class RelaySimulator:
         ```
     """
 
-    def __init__(self, config: SimulatorConfig | None = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        config: SimulatorConfig | None = None,
+        *,
+        tls: SimulatorTLS | None = None,
+        **overrides: Any,
+    ) -> None:
         config = config or SimulatorConfig()
         if overrides:
             config = dataclasses.replace(config, **overrides)
         self.config: SimulatorConfig = config.with_key()
         self._state = SimulatorState(self.config)
+        self.tls = tls
         self._port = self.config.port
         self._relay: Relay | None = None
         self._server: uvicorn.Server | None = None
@@ -63,7 +98,7 @@ class RelaySimulator:
 
     @property
     def base_url(self) -> str:
-        """`http://127.0.0.1:<port>`, known once started.
+        """`http://127.0.0.1:<port>` (`https://` with `tls`), known once started.
 
         Example:
             ```python
@@ -122,7 +157,7 @@ class RelaySimulator:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def start(self) -> RelaySimulator:
+    def start(self) -> Self:
         """Bind 127.0.0.1 (a free port, or the configured one) and serve until `stop()`.
 
         A stopped simulator can start again: same port, same generations.
@@ -150,8 +185,11 @@ class RelaySimulator:
             sock.close()
             raise
         self._port = sock.getsockname()[1]
-        app, self._relay = build_app(self._state, f"http://{HOST}:{self._port}")
+        scheme = "https" if self.tls else "http"
+        app, self._relay = build_app(self._state, f"{scheme}://{HOST}:{self._port}")
         install_quiet_drops()
+        tls = self.tls
+        context = tls.context if tls else None
         config = uvicorn.Config(
             app,
             http="h11",
@@ -161,6 +199,9 @@ class RelaySimulator:
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=1,
+            ssl_certfile=tls.certfile if tls else None,
+            ssl_keyfile=tls.keyfile if tls else None,
+            ssl_context_factory=(lambda *_: context) if context else None,
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(
@@ -199,7 +240,7 @@ class RelaySimulator:
         if sock is not None:
             sock.close()
 
-    def __enter__(self) -> RelaySimulator:
+    def __enter__(self) -> Self:
         return self if self.running else self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -332,30 +373,36 @@ class RelaySimulator:
         """
         return self._state.ids()
 
-    def credentials(self) -> LumaRelayCredentials:
-        """A `luma_prefect.LumaRelayCredentials` block pointing at this simulator.
+    def connection(self) -> dict[str, str | bool]:
+        """How to reach this simulator, named as the fields of `LumaRelayCredentials`.
+
+        A plain mapping, so the simulator needs nothing of the product but the wire shapes;
+        the pytest plugin's `luma_simulator.credentials()` builds the block from it.
+
+        Its media links are on 127.0.0.1, so the block allows private media hosts; with
+        `tls`, it trusts the simulator's CA (`verify`).
 
         Example:
             ```python
-            async with sim.credentials().get_client() as client:
-                await client.get_generation(gid)
+            from luma_prefect import LumaRelayCredentials
+
+            credentials = LumaRelayCredentials.model_validate(sim.connection())
             ```
         """
-        from pydantic import SecretStr
-
-        from luma_prefect.credentials import LumaRelayCredentials
-
-        return LumaRelayCredentials(
-            base_url=self.base_url,
-            api_key=SecretStr(self.api_key),
-            api_style=self.style,
-            route_prefix=self.route_prefix,
-        )
+        return {
+            "base_url": self.base_url,
+            "api_key": self.api_key,
+            "api_style": self.style,
+            "route_prefix": self.route_prefix,
+            # Trust the certificate made for this run; its media are on loopback, on purpose.
+            "verify": self.tls.ca_file if self.tls and self.tls.ca_file else True,
+            "allow_private_media_hosts": True,
+        }
 
 
 @contextmanager
 def run_simulator(
-    config: SimulatorConfig | None = None, **overrides: Any
+    config: SimulatorConfig | None = None, *, tls: SimulatorTLS | None = None, **overrides: Any
 ) -> Iterator[RelaySimulator]:
     """Run a relay simulator for the duration of a `with` block.
 
@@ -367,7 +414,7 @@ def run_simulator(
             sim.advance(10)
         ```
     """
-    simulator = RelaySimulator(config, **overrides).start()
+    simulator = RelaySimulator(config, tls=tls, **overrides).start()
     try:
         yield simulator
     finally:

@@ -41,68 +41,29 @@ def temp_name(path: str) -> str:
 
 
 class Storage(ABC):
-    """A destination for files: every path is relative to `root` and checked.
-
-    Example:
-        ```python
-        storage = storage_for("./luma-output")
-        storage.write_bytes("gen-1/notes.txt", b"hello")
-        assert storage.read_bytes("gen-1/notes.txt") == b"hello"
-        ```
-    """
+    """A destination for files: every path is relative to `root` and checked."""
 
     root: str
     """The destination, as shown to people: a folder path or a URL."""
 
     def uri(self, relpath: str) -> str:
-        """Where `relpath` is, as a local path or a URL (for results and messages).
-
-        Example:
-            ```python
-            storage.uri("gen-1/video.mp4")  # "/data/luma/gen-1/video.mp4"
-            ```
-        """
+        """Where `relpath` is, as a local path or a URL (for results and messages)."""
         return f"{self.root.rstrip('/')}/{check_relpath(relpath)}"
 
     @abstractmethod
     def size(self, relpath: str) -> int | None:
-        """Size of the file in bytes, or None if there is no such file.
-
-        Example:
-            ```python
-            storage.size("gen-1/video.mp4")
-            ```
-        """
+        """Size of the file in bytes, or None if there is no such file."""
 
     def exists(self, relpath: str) -> bool:
-        """Whether a file is there.
-
-        Example:
-            ```python
-            if storage.exists("gen-1/video.mp4"): ...
-            ```
-        """
+        """Whether a file is there."""
         return self.size(relpath) is not None
 
     @abstractmethod
     def open_read(self, relpath: str) -> BinaryIO:
-        """An open binary file to read (FileNotFoundError when absent).
-
-        Example:
-            ```python
-            with storage.open_read("gen-1/video.mp4") as file:
-                head = file.read(16)
-            ```
-        """
+        """An open binary file to read (FileNotFoundError when absent)."""
 
     def read_bytes(self, relpath: str) -> bytes | None:
-        """The whole file, or None if there is no such file.
-
-        Example:
-            ```python
-            record = storage.read_bytes("gen-1/.download.json")
-            ```
-        """
+        """The whole file, or None if there is no such file."""
         try:
             with self.open_read(relpath) as file:
                 return file.read()
@@ -110,13 +71,7 @@ class Storage(ABC):
             return None
 
     def sha256(self, relpath: str) -> str | None:
-        """SHA-256 (hex) of the file, read in 1 MiB blocks; None if there is no such file.
-
-        Example:
-            ```python
-            storage.sha256("gen-1/video.mp4")
-            ```
-        """
+        """SHA-256 (hex) of the file, read in 1 MiB blocks; None if there is no such file."""
         digest = hashlib.sha256()
         try:
             with self.open_read(relpath) as file:
@@ -128,51 +83,20 @@ class Storage(ABC):
 
     @abstractmethod
     def write_bytes(self, relpath: str, data: bytes) -> str:
-        """Write the file atomically (temporary name, then rename); returns its URI.
-
-        Example:
-            ```python
-            storage.write_bytes("gen-1/manifest.json", b"{}")
-            ```
-        """
+        """Write the file atomically (temporary name, then rename); returns its URI."""
 
     @abstractmethod
     def create_exclusive(self, relpath: str, data: bytes) -> bool:
-        """Create the file with `data` only if it does not exist: True if this call created it.
-
-        Example:
-            ```python
-            if storage.create_exclusive("ledger/abc.json", b"{}"):
-                ...  # we own it
-            ```
-        """
+        """Create the file with `data` only if it does not exist: True if this call created it."""
 
     @abstractmethod
     def delete(self, relpath: str) -> bool:
-        """Remove the file; True if there was one.
-
-        Example:
-            ```python
-            storage.delete("gen-1/video.mp4")
-            ```
-        """
+        """Remove the file; True if there was one."""
 
     @abstractmethod
     def list(self, relprefix: str = "") -> list[str]:
-        """Relative paths of the files under `relprefix` (recursively), sorted.
-
-        Example:
-            ```python
-            storage.list("gen-1")  # ["gen-1/.download.json", "gen-1/video.mp4"]
-            ```
-        """
+        """Relative paths of the files under `relprefix` (recursively), sorted."""
 
     @abstractmethod
     def open_part(self, relpath: str) -> PartFile:
-        """The `.part` file of a download of `relpath`, kept across runs for resuming.
-
-        Example:
-            ```python
-            part = storage.open_part("gen-1/video")
-            ```
-        """
+        """The `.part` file of a download of `relpath`, kept across runs for resuming."""

@@ -13,14 +13,7 @@ _DRIVE = re.compile(r"^[A-Za-z]:(/|$)")  # C:/x or C: is absolute on Windows; a:
 
 
 def check_relpath(relpath: str, *, allow_root: bool = False) -> str:
-    """`relpath` cleaned to `a/b/c`, or LumaConfigurationError if it could leave the root.
-
-    Example:
-        ```python
-        check_relpath("gen-1/video.mp4")  # "gen-1/video.mp4"
-        check_relpath("../etc/passwd")  # raises LumaConfigurationError
-        ```
-    """
+    """`relpath` cleaned to `a/b/c`, or LumaConfigurationError if it could leave the root."""
     text = str(relpath).replace("\\", "/")
     parts = [p for p in text.split("/") if p not in ("", ".")]
     bad = (
@@ -39,14 +32,7 @@ def check_relpath(relpath: str, *, allow_root: bool = False) -> str:
 
 
 def disk_error(exc: OSError, where: str) -> LumaDownloadError:
-    """The LumaDownloadError for a failed write: says so plainly when the disk is full.
-
-    Example:
-        ```python
-        except OSError as exc:
-            raise disk_error(exc, "/data/luma/gen-1/video.mp4") from exc
-        ```
-    """
+    """The LumaDownloadError for a failed write: says so plainly when the disk is full."""
     if exc.errno == errno.ENOSPC:
         return LumaDownloadError(
             f"The disk is full: could not write {where}. Nothing was left under the final "

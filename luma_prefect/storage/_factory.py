@@ -21,15 +21,6 @@ def storage_for(destination: Any) -> Storage:
     Accepts a `str`/`Path` folder, a URL such as `memory://x` or `s3://bucket/prefix`
     (`file://` URLs are local folders), a `prefect.filesystems.LocalFileSystem` (its
     `basepath`) or `RemoteFileSystem` (its `basepath` and `settings`), or a `Storage`.
-
-    Example:
-        ```python
-        from prefect.filesystems import RemoteFileSystem
-
-        storage_for("./luma-output")
-        storage_for("s3://my-bucket/luma")
-        storage_for(RemoteFileSystem(basepath="memory://luma-test"))
-        ```
     """
     from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 

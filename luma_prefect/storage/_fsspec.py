@@ -57,11 +57,6 @@ class FsspecStorage(Storage):
     otherwise): other machines change the ledger, and a cached listing made s3fs read a
     record another machine had rewritten as expired, or miss a new one.
 
-    Example:
-        ```python
-        storage = FsspecStorage("memory://luma-test")
-        storage = FsspecStorage("s3://bucket/luma", key="...", secret="...")
-        ```
     """
 
     def __init__(self, url: str, **settings: Any) -> None:
@@ -96,7 +91,7 @@ class FsspecStorage(Storage):
         return int(info.get("size") or 0) if info.get("type") == "file" else None
 
     def open_read(self, relpath: str) -> BinaryIO:
-        return self.fs.open(self._full(relpath), "rb")  # type: ignore[no-any-return]
+        return self.fs.open(self._full(relpath), "rb")
 
     def read_bytes(self, relpath: str) -> bytes | None:
         # One GET: the object as it was when read, even if another machine replaces it

@@ -18,26 +18,14 @@ logger = logging.getLogger("luma_prefect.storage")
 
 
 class LocalStorage(Storage):
-    """Files in a local folder (created when first written to).
-
-    Example:
-        ```python
-        storage = LocalStorage("./luma-output")
-        ```
-    """
+    """Files in a local folder (created when first written to)."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.base = Path(root).expanduser().resolve()
         self.root = str(self.base)
 
     def path(self, relpath: str, *, allow_root: bool = False) -> Path:
-        """The local path of `relpath`; refuses any that resolves outside the root (symlinks).
-
-        Example:
-            ```python
-            storage.path("gen-1/video.mp4")  # PosixPath("/data/luma/gen-1/video.mp4")
-            ```
-        """
+        """The local path of `relpath`; refuses any that resolves outside the root (symlinks)."""
         clean = check_relpath(relpath, allow_root=allow_root)
         path = self.base / clean if clean else self.base
         resolved = path.resolve()

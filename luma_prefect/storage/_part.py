@@ -6,8 +6,6 @@ import contextlib
 import errno
 import hashlib
 import json
-import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -16,10 +14,6 @@ from luma_prefect.storage._checks import check_relpath, disk_error
 __all__ = ["PartFile"]
 
 _HASH_BLOCK = 1024 * 1024
-try:  # pieces per writev call; POSIX guarantees at least 16, Linux allows 1024
-    _IOV_MAX = max(16, os.sysconf("SC_IOV_MAX"))
-except (AttributeError, ValueError, OSError):  # pragma: no cover - no sysconf, or no answer
-    _IOV_MAX = 16
 
 
 class PartFile:
@@ -27,14 +21,6 @@ class PartFile:
 
     `meta` is a small JSON-able dict kept next to the part (the source it came from), so a
     later run can tell whether a left-over part may be resumed.
-
-    Example:
-        ```python
-        part = storage.open_part("gen-1/video")
-        with part.writer(append=False) as write:
-            write(b"...")
-        uri = part.commit("gen-1/video.mp4")
-        ```
     """
 
     def __init__(self, path: Path, where: str, commit_to: Any) -> None:
@@ -45,26 +31,14 @@ class PartFile:
 
     @property
     def size(self) -> int:
-        """Bytes already in the part (0 when there is none).
-
-        Example:
-            ```python
-            have = part.size
-            ```
-        """
+        """Bytes already in the part (0 when there is none)."""
         try:
             return self.path.stat().st_size
         except FileNotFoundError:
             return 0
 
     def read_meta(self) -> dict[str, Any] | None:
-        """The meta saved with the part, or None if there is none or it is unreadable.
-
-        Example:
-            ```python
-            if (part.read_meta() or {}).get("source_kind") == "video_raw": ...
-            ```
-        """
+        """The meta saved with the part, or None if there is none or it is unreadable."""
         try:
             data = json.loads(self._meta_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -72,13 +46,7 @@ class PartFile:
         return data if isinstance(data, dict) else None
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        """Save `meta` next to the part.
-
-        Example:
-            ```python
-            part.write_meta({"source_kind": "video_raw", "total": 1234})
-            ```
-        """
+        """Save `meta` next to the part."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._meta_path.write_text(json.dumps(meta), encoding="utf-8")
@@ -86,13 +54,7 @@ class PartFile:
             raise disk_error(exc, self.where) from exc
 
     def hash_existing(self) -> Any:
-        """A sha256 object fed with the bytes already in the part, read in 1 MiB blocks.
-
-        Example:
-            ```python
-            digest = part.hash_existing()  # then digest.update(new bytes)
-            ```
-        """
+        """A sha256 object fed with the bytes already in the part, read in 1 MiB blocks."""
         digest = hashlib.sha256()
         with contextlib.suppress(FileNotFoundError), self.path.open("rb") as file:
             while block := file.read(_HASH_BLOCK):
@@ -101,19 +63,10 @@ class PartFile:
 
     @contextlib.contextmanager
     def writer(self, *, append: bool) -> Any:
-        """A `write(pieces)` function into the part, appending or starting over.
-
-        `pieces` is a sequence of bytes-like objects, written in order in one system call
-        where the platform has `writev` (no joining copy).
+        """A `write(data)` function into the part, appending or starting over.
 
         A write that fails (a full disk, an I/O error) removes the part and raises
         LumaDownloadError.
-
-        Example:
-            ```python
-            with part.writer(append=True) as write:
-                write([chunk, next_chunk])
-            ```
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -127,13 +80,7 @@ class PartFile:
             file.close()
 
     def commit(self, relpath: str) -> str:
-        """Move the verified part to its final name; returns the final file's URI.
-
-        Example:
-            ```python
-            uri = part.commit("gen-1/video.mp4")
-            ```
-        """
+        """Move the verified part to its final name; returns the final file's URI."""
         try:
             uri: str = self._commit_to(self.path, check_relpath(relpath))
         except OSError as exc:
@@ -145,34 +92,17 @@ class PartFile:
         return uri
 
     def discard(self) -> None:
-        """Remove the part and its meta (nothing happens if they are gone already).
-
-        Example:
-            ```python
-            part.discard()
-            ```
-        """
+        """Remove the part and its meta (nothing happens if they are gone already)."""
         for path in (self.path, self._meta_path):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
 
-def _write_chunk(file: BinaryIO, pieces: Sequence[bytes]) -> None:
+def _write_chunk(file: BinaryIO, data: bytes) -> None:
     # One seam for every streamed write (tests make it fail as a full disk would).
-    views = [memoryview(piece) for piece in pieces if piece]
-    if not hasattr(os, "writev"):  # pragma: no cover - Windows
-        for view in views:
-            while view:
-                view = view[_accepted(file.write(view)) :]
-        return
-    fd, first = file.fileno(), 0
-    while first < len(views):
-        written = _accepted(os.writev(fd, views[first : first + _IOV_MAX]))
-        while first < len(views) and written >= len(views[first]):
-            written -= len(views[first])
-            first += 1
-        if written:  # a short write (rare on files): the rest of that piece next time
-            views[first] = views[first][written:]
+    view = memoryview(data)
+    while view:
+        view = view[_accepted(file.write(view)) :]
 
 
 def _accepted(written: int | None) -> int:
@@ -188,9 +118,9 @@ class _Writer:
         self.file = file
         self.part = part
 
-    def __call__(self, pieces: Sequence[bytes]) -> None:
+    def __call__(self, data: bytes) -> None:
         try:
-            _write_chunk(self.file, pieces)
+            _write_chunk(self.file, data)
         except OSError as exc:
             self.file.close()
             self.part.discard()

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import TaskRun
-from prefect.states import State
+from prefect.client.schemas.objects import State, TaskRun
+from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 from prefect.tasks import Task
 
 from luma_prefect._exceptions import (
@@ -26,7 +26,12 @@ from luma_prefect.relay._client import LumaClient
 from luma_prefect.wait._engine import Clock, SystemClock
 
 CredentialsInput = LumaRelayCredentials | str
+"""A `LumaRelayCredentials` block, or the name of a saved one."""
 StatesInput = Sequence[str | GenerationState] | str
+"""Target states of a wait, by name or `GenerationState`."""
+Destination = str | LocalFileSystem | RemoteFileSystem
+"""Where files go: a local folder, an fsspec URL (`s3://bucket/luma`, `memory://x`), or a
+Prefect `LocalFileSystem` / `RemoteFileSystem` block (see `luma_prefect.storage.storage_for`)."""
 
 # Errors a retry cannot mend; everything else a read task meets is worth another try.
 _FINAL_ERRORS = (
@@ -49,6 +54,9 @@ def retry_on_transient_errors(task: Task[Any, Any], task_run: TaskRun, state: St
 
     Example:
         ```python
+        from prefect import task
+        from luma_prefect.tasks import retry_on_transient_errors
+
         @task(retries=3, retry_condition_fn=retry_on_transient_errors)
         async def my_read(generation_id: str) -> str: ...
         ```
@@ -85,6 +93,8 @@ async def resolve_credentials(credentials: CredentialsInput) -> LumaRelayCredent
 
     Example:
         ```python
+        from luma_prefect.tasks import resolve_credentials
+
         credentials = await resolve_credentials("luma-relay")
         ```
     """

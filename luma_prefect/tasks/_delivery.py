@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from luma_prefect._models import Generation, GenerationRequest, check_generation_id
-from luma_prefect._outcomes import DownloadedGeneration, PublishedGeneration
+from luma_prefect._models import Generation, GenerationId, GenerationRequest
+from luma_prefect._outcomes import AssetName, DownloadedGeneration, PublishedGeneration
 from luma_prefect._urls import public_url
 from luma_prefect.delivery._download import (
-    ASSET_NAMES,
     DEFAULT_MAX_BYTES,
     VIDEO_SOURCES,
     download_generation_files,
@@ -34,6 +32,7 @@ from luma_prefect.tasks._common import (
     PUBLISH_BACKSTOP_SECONDS,
     READ_OPTIONS,
     CredentialsInput,
+    Destination,
     client_for,
     resolve_credentials,
 )
@@ -49,9 +48,9 @@ from luma_prefect.tasks._progress import DownloadProgress
 )
 async def download_generation(
     credentials: CredentialsInput,
-    generation: Generation | str,
-    destination: Any,
-    assets: Sequence[str] = ASSET_NAMES,
+    generation: Generation | GenerationId,
+    destination: Destination,
+    assets: Sequence[AssetName] = ("video", "thumbnail", "last_frame"),
     video_sources: Sequence[str] = VIDEO_SOURCES,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_concurrent_downloads: int = 3,
@@ -86,7 +85,10 @@ async def download_generation(
     """
     block = await resolve_credentials(credentials)
     storage = storage_for(destination)
-    async with await client_for(block) as client:
+    async with (
+        await client_for(block) as client,
+        block.get_media_client(max_concurrent_downloads) as http,
+    ):
         if not isinstance(generation, Generation):
             generation = (
                 Generation.model_validate(generation)
@@ -105,7 +107,8 @@ async def download_generation(
                 video_sources=video_sources,
                 max_bytes=max_bytes,
                 max_concurrent=max_concurrent_downloads,
-                logger=get_run_logger(),  # type: ignore[arg-type]
+                http=http,
+                logger=get_run_logger(),
                 part_tag=part_tag,
                 on_progress=progress.bytes if progress is not None else None,
             )
@@ -130,7 +133,7 @@ async def download_generation(
 )
 async def publish_generation(
     downloaded: DownloadedGeneration,
-    destination: Any = None,
+    destination: Destination | None = None,
     request: GenerationRequest | None = None,
     timeline: dict[str, datetime] | None = None,
     create_artifacts: bool = True,
@@ -158,9 +161,10 @@ async def publish_generation(
     """
     generation = downloaded.generation
     storage = storage_for(downloaded.destination if destination is None else destination)
-    folder = check_generation_id(generation.id)
     manifest = build_manifest(downloaded, request=request, timeline=timeline)
-    manifest_path = storage.write_bytes(f"{folder}/{MANIFEST_NAME}", manifest_bytes(manifest))
+    manifest_path = storage.write_bytes(
+        f"{generation.id}/{MANIFEST_NAME}", manifest_bytes(manifest)
+    )
     keys: list[str] = []
     if create_artifacts:
         key = summary_artifact_key()

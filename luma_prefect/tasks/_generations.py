@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 from prefect.logging.loggers import task_run_logger
 
-from luma_prefect._models import Generation, GenerationRequest
+from luma_prefect._models import Generation, GenerationId, GenerationRequest
 from luma_prefect.credentials import LumaRelayCredentials
 from luma_prefect.ledger._identity import (
     relay_identity,
@@ -35,7 +35,7 @@ from luma_prefect.tasks._common import (
 )
 async def fetch_generation(
     credentials: CredentialsInput,
-    generation_id: str,
+    generation_id: GenerationId,
 ) -> Generation:
     """The current state of one generation.
 
@@ -58,12 +58,14 @@ async def fetch_generation(
     **READ_OPTIONS,
 )
 async def fetch_generations(
-    credentials: CredentialsInput, generation_ids: list[str]
+    credentials: CredentialsInput, generation_ids: list[GenerationId]
 ) -> list[Generation]:
     """The current state of many generations, in the order asked, through the batch route.
 
     Example:
         ```python
+        from luma_prefect.tasks import fetch_generations
+
         generations = await fetch_generations(credentials, [first_id, second_id])
         ```
     """
@@ -164,7 +166,7 @@ async def submit_generation(
 @task(name="extend-generation", task_run_name=names.extend_name, **_PAID_OPTIONS)
 async def extend_generation(
     credentials: CredentialsInput,
-    generation_id: str,
+    generation_id: GenerationId,
     request: GenerationRequest,
     idempotency_key: str | None = None,
 ) -> Generation:
@@ -173,6 +175,9 @@ async def extend_generation(
 
     Example:
         ```python
+        from luma_prefect import GenerationRequest
+        from luma_prefect.tasks import extend_generation
+
         longer = await extend_generation(credentials, done.id, GenerationRequest(prompt="on"))
         ```
     """

@@ -31,13 +31,7 @@ _NAME_CHARS = 48
 
 
 def short_id(generation_id: object) -> str:
-    """The first 8 characters of a generation id, for names people read.
-
-    Example:
-        ```python
-        short_id("4665a07c-7641-4809-a133-10786201bb56")  # "4665a07c"
-        ```
-    """
+    """The first 8 characters of a generation id, for names people read."""
     return str(generation_id or "?").strip()[:_ID_CHARS] or "?"
 
 
@@ -46,11 +40,6 @@ def relay_tag(base_url: str) -> str:
 
     Host and port only, never credentials, path or query: every block for one relay
     shares the tag (and a tag-based concurrency limit).
-
-    Example:
-        ```python
-        relay_tag("https://yunwu.ai/v1")  # "luma-relay:yunwu.ai"
-        ```
     """
     parts = urlsplit(str(base_url).strip())
     host = (parts.hostname or "").lower() or "unknown"
@@ -62,13 +51,7 @@ def relay_tag(base_url: str) -> str:
 
 
 def relay_tags(base_url: str) -> list[str]:
-    """The tags of runs that talk to a relay: `luma` and the relay's tag.
-
-    Example:
-        ```python
-        relay_tags("http://127.0.0.1:8765")  # ["luma", "luma-relay:127.0.0.1:8765"]
-        ```
-    """
+    """The tags of runs that talk to a relay: `luma` and the relay's tag."""
     return [RUN_TAG, relay_tag(base_url)]
 
 

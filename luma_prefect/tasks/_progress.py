@@ -33,13 +33,7 @@ DOWNLOAD_UPDATE_EVERY_SECONDS = 5.0
 
 
 def describe_seconds(seconds: float) -> str:
-    """`45 s`, `2 min 14 s`, `1 h 3 min`: a duration people read at a glance.
-
-    Example:
-        ```python
-        describe_seconds(134)  # "2 min 14 s"
-        ```
-    """
+    """`45 s`, `2 min 14 s`, `1 h 3 min`: a duration people read at a glance."""
     seconds = max(0, round(seconds))
     if seconds < 60:
         return f"{seconds} s"
@@ -95,16 +89,7 @@ class _Display:
 
 
 class WaitProgress:
-    """The progress artifact of one wait: its state, time waited, the relay's estimate.
-
-    Example:
-        ```python
-        progress = WaitProgress(ids, clock.monotonic)
-        await progress.start()
-        results = await wait_for_generations(client, ids, settings, on_round=progress.round)
-        await progress.finish(results)
-        ```
-    """
+    """The progress artifact of one wait: its state, time waited, the relay's estimate."""
 
     def __init__(self, generation_ids: Sequence[str], now: Callable[[], float]) -> None:
         self.ids = list(dict.fromkeys(generation_ids))
@@ -194,16 +179,7 @@ def _ended(result: Generation | LumaError | None) -> str:
 
 
 class DownloadProgress:
-    """The progress artifact of one download: bytes of all its files together.
-
-    Example:
-        ```python
-        progress = DownloadProgress("4665a07c-...", time.monotonic)
-        await progress.start()
-        await download_generation_files(..., on_progress=progress.bytes)
-        await progress.finish(downloaded_bytes)
-        ```
-    """
+    """The progress artifact of one download: bytes of all its files together."""
 
     def __init__(self, generation_id: str, now: Callable[[], float] = time.monotonic) -> None:
         self.generation_id = generation_id
@@ -252,17 +228,7 @@ def _megabytes(size: int) -> str:
 
 
 class BatchProgress:
-    """The progress artifact of a batch flow: generations done of the total.
-
-    Example:
-        ```python
-        progress = BatchProgress(len(requests))
-        await progress.start()
-        for outcome in outcomes:
-            await progress.add(outcome)
-        await progress.finish()
-        ```
-    """
+    """The progress artifact of a batch flow: generations done of the total."""
 
     def __init__(self, total: int, now: Callable[[], float] = time.monotonic) -> None:
         self.total = total

@@ -10,7 +10,7 @@ from prefect import get_run_logger, task
 from luma_prefect._exceptions import (
     LumaError,
 )
-from luma_prefect._models import Generation, check_generation_id
+from luma_prefect._models import Generation, GenerationId, check_generation_id
 from luma_prefect.tasks import _common
 from luma_prefect.tasks import _names as names
 from luma_prefect.tasks._common import (
@@ -29,7 +29,7 @@ from luma_prefect.wait._engine import wait_for_generations as _wait_engine
 )
 async def wait_for_generation(
     credentials: CredentialsInput,
-    generation_id: str,
+    generation_id: GenerationId,
     until: StatesInput = ("completed",),
     timeout_seconds: float = 1800.0,
     poll_interval_seconds: float = 5.0,
@@ -77,7 +77,7 @@ async def wait_for_generation(
 )
 async def wait_for_generations(
     credentials: CredentialsInput,
-    generation_ids: list[str],
+    generation_ids: list[GenerationId],
     until: StatesInput = ("completed",),
     timeout_seconds: float = 1800.0,
     poll_interval_seconds: float = 5.0,
@@ -134,6 +134,8 @@ async def _wait(
     return_when: Literal["all", "first"] = "all",
     **client_options: Any,
 ) -> list[Generation | LumaError | None]:
+    # Prefect does not validate task parameters: the ids are checked here, where they enter.
+    ids = [check_generation_id(i) for i in generation_ids]
     settings = WaitSettings(
         until=normalise_states(until),
         timeout_seconds=timeout_seconds,
@@ -142,14 +144,14 @@ async def _wait(
     )
     logger = get_run_logger()
     clock = _common.wait_clock
-    progress = WaitProgress(generation_ids, clock.monotonic) if progress_artifact else None
+    progress = WaitProgress(ids, clock.monotonic) if progress_artifact else None
     if progress is not None:
         await progress.start()
     try:
         async with await client_for(credentials, **client_options) as client:
             results = await _wait_engine(
                 client,
-                generation_ids,
+                ids,
                 settings,
                 clock=clock,
                 logger=logger,
@@ -162,4 +164,4 @@ async def _wait(
         raise
     if progress is not None:
         await progress.finish(results)
-    return [results.get(check_generation_id(i)) for i in generation_ids]
+    return [results.get(i) for i in ids]

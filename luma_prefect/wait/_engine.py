@@ -100,13 +100,6 @@ async def wait_for_generations(
     its wait (`LumaGenerationFailed`, `LumaWaitTimeout`, `LumaNotFoundError`, or the error
     that exhausted the error budget). One id's failure never loses another's result.
     `LumaAuthError` ends the whole wait at once, raised.
-
-    Example:
-        ```python
-        async with credentials.get_client() as client:
-            results = await wait_for_generations(client, ids, WaitSettings(timeout_seconds=600))
-        done = [r for r in results.values() if isinstance(r, Generation)]
-        ```
     """
     clock = clock or SystemClock()
     log = logger or logging.getLogger("luma_prefect.wait")

@@ -15,18 +15,7 @@ __all__ = ["Clock", "SystemClock", "WaitSettings", "normalise_states"]
 
 
 class Clock(Protocol):
-    """Time as the engine sees it; tests inject a fake one to wait 30 minutes in milliseconds.
-
-    Example:
-        ```python
-        class FakeClock:
-            now = 0.0
-            def monotonic(self) -> float:
-                return self.now
-            async def sleep(self, seconds: float) -> None:
-                self.now += seconds
-        ```
-    """
+    """Time as the engine sees it; tests inject a fake one to wait 30 minutes in milliseconds."""
 
     def monotonic(self) -> float: ...
 
@@ -34,13 +23,7 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """The real monotonic clock and `asyncio.sleep` (cancellable at once).
-
-    Example:
-        ```python
-        await wait_for_generations(client, ids, WaitSettings(), clock=SystemClock())
-        ```
-    """
+    """The real monotonic clock and `asyncio.sleep` (cancellable at once)."""
 
     def monotonic(self) -> float:
         return time.monotonic()
@@ -50,13 +33,7 @@ class SystemClock:
 
 
 def normalise_states(until: Iterable[str | GenerationState] | str) -> frozenset[GenerationState]:
-    """Target states from names or `GenerationState` values; unknown names are refused.
-
-    Example:
-        ```python
-        normalise_states(["processing", GenerationState.COMPLETED])
-        ```
-    """
+    """Target states from names or `GenerationState` values; unknown names are refused."""
     words = [until] if isinstance(until, (str, GenerationState)) else list(until)
     states = set()
     for word in words:
@@ -92,7 +69,9 @@ class WaitSettings:
 
     Example:
         ```python
-        WaitSettings(until=normalise_states(["completed"]), timeout_seconds=900)
+        from luma_prefect import GenerationState, WaitSettings
+
+        WaitSettings(until=frozenset({GenerationState.COMPLETED}), timeout_seconds=900)
         ```
     """
 

@@ -30,6 +30,7 @@ def relay_env(sim: RelaySimulator, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LUMA_RELAY_BASE_URL", sim.base_url)
     monkeypatch.setenv("LUMA_RELAY_API_KEY", sim.api_key)
     monkeypatch.setenv("LUMA_RELAY_API_STYLE", sim.style)
+    monkeypatch.setenv("LUMA_RELAY_ALLOW_PRIVATE_MEDIA_HOSTS", "1")  # media on 127.0.0.1
 
 
 def test_generate_uses_the_environment_and_prints_the_files(

@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from luma_prefect import Generation, LumaClient
-from luma_prefect.simulator import RelaySimulator
+from luma_prefect.delivery._transfer import media_client
+from luma_prefect.simulator import RelaySimulator, SimulatorTLS
 
 MIB = 1024 * 1024
 
 
 @pytest.fixture
 def sim_factory(
-    luma_simulator_factory: Callable[..., RelaySimulator],
+    luma_simulator_factory: Callable[..., RelaySimulator], luma_simulator_tls: SimulatorTLS
 ) -> Callable[..., RelaySimulator]:
-    """Simulators on a manual clock (time moves only when told); all stopped after."""
+    """https simulators on a manual clock (time moves only when told); all stopped after."""
     return functools.partial(
-        luma_simulator_factory, manual_clock=True, pending_seconds=1.0, processing_seconds=2.0
+        luma_simulator_factory,
+        tls=luma_simulator_tls,
+        manual_clock=True,
+        pending_seconds=1.0,
+        processing_seconds=2.0,
     )
 
 
@@ -53,6 +60,15 @@ async def client(sim: RelaySimulator, client_for: Callable[[RelaySimulator], Lum
 
 
 @pytest.fixture
+async def http(luma_simulator_tls: SimulatorTLS) -> AsyncIterator[httpx.AsyncClient]:
+    """The media client `sim.credentials()` gives: trusts the run's CA, allows 127.0.0.1."""
+    async with media_client(
+        verify=luma_simulator_tls.ca_file or True, allow_private_hosts=True
+    ) as c:
+        yield c
+
+
+@pytest.fixture
 def completed(sim: RelaySimulator, client: LumaClient) -> Callable[..., Any]:
     """`await completed()`: a generation seeded completed in `sim`, as the client reads it."""
 
@@ -72,3 +88,40 @@ def dest(tmp_path: Path) -> Path:
 def tree(root: Path) -> list[str]:
     """Every file under `root`, as sorted relative paths."""
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+class ManualClock:
+    """Time that moves only when a test says so; `sleep` waits for `advance` to pass it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self.now + seconds, woken))
+        await woken
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        due = [entry for entry in self._sleepers if entry[0] <= self.now]
+        self._sleepers = [entry for entry in self._sleepers if entry[0] > self.now]
+        for _, woken in due:
+            if not woken.done():
+                woken.set_result(None)
+
+
+async def eventually(condition: Callable[[], bool], what: str, limit: float = 10.0) -> None:
+    """Wait (yielding to the loop) until `condition()` holds; fails after `limit` real seconds.
+
+    For events in the simulator's thread, never for time-based logic (that is `ManualClock`).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        await asyncio.sleep(0.005)

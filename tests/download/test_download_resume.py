@@ -30,13 +30,17 @@ def drop(after_bytes: int, times: int | None = 1) -> Fault:
 
 
 async def test_rerun_reuses_verified_files_without_any_media_request(
-    sim: RelaySimulator, client: LumaClient, completed: Callable[..., Any], dest: Path
+    sim: RelaySimulator,
+    client: LumaClient,
+    completed: Callable[..., Any],
+    dest: Path,
+    http: httpx.AsyncClient,
 ) -> None:
     generation = await completed()
-    first = await download_generation_files(client, generation, storage_for(dest))
+    first = await download_generation_files(client, generation, storage_for(dest), http=http)
     sim.reset_counters()
 
-    again = await download_generation_files(client, generation, storage_for(dest))
+    again = await download_generation_files(client, generation, storage_for(dest), http=http)
 
     counters = sim.counters()
     assert counters.media_requests_by_generation == {}
@@ -53,16 +57,20 @@ async def test_rerun_reuses_verified_files_without_any_media_request(
 
 
 async def test_a_changed_file_is_fetched_again_and_only_that_one(
-    sim: RelaySimulator, client: LumaClient, completed: Callable[..., Any], dest: Path
+    sim: RelaySimulator,
+    client: LumaClient,
+    completed: Callable[..., Any],
+    dest: Path,
+    http: httpx.AsyncClient,
 ) -> None:
     generation = await completed()
-    first = await download_generation_files(client, generation, storage_for(dest))
+    first = await download_generation_files(client, generation, storage_for(dest), http=http)
     thumbnail = Path(first.assets["thumbnail"].path)
     original = thumbnail.read_bytes()
     thumbnail.write_bytes(b"X" * len(original))  # same size, other bytes
     sim.reset_counters()
 
-    again = await download_generation_files(client, generation, storage_for(dest))
+    again = await download_generation_files(client, generation, storage_for(dest), http=http)
 
     assert sim.counters().media_requests_by_generation == {generation.id: 1}
     assert not again.assets["thumbnail"].reused
@@ -71,12 +79,18 @@ async def test_a_changed_file_is_fetched_again_and_only_that_one(
 
 
 async def test_a_broken_off_download_resumes_where_it_stopped(
-    sim: RelaySimulator, client: LumaClient, completed: Callable[..., Any], dest: Path
+    sim: RelaySimulator,
+    client: LumaClient,
+    completed: Callable[..., Any],
+    dest: Path,
+    http: httpx.AsyncClient,
 ) -> None:
     generation = await completed()
     sim.add_fault(drop(after_bytes=MIB + 12345))
 
-    done = await download_generation_files(client, generation, storage_for(dest), assets=("video",))
+    done = await download_generation_files(
+        client, generation, storage_for(dest), assets=("video",), http=http
+    )
 
     counters = sim.counters()
     assert counters.faults_fired == {"drop_connection": 1}
@@ -89,13 +103,22 @@ async def test_a_broken_off_download_resumes_where_it_stopped(
 
 
 async def test_a_part_left_by_a_crashed_run_is_resumed(
-    sim: RelaySimulator, client: LumaClient, completed: Callable[..., Any], dest: Path
+    sim: RelaySimulator,
+    client: LumaClient,
+    completed: Callable[..., Any],
+    dest: Path,
+    http: httpx.AsyncClient,
 ) -> None:
     generation = await completed()
     sim.add_fault(drop(after_bytes=MIB + 500))
     with pytest.raises(LumaDownloadError, match="partial file is kept"):
         await download_generation_files(
-            client, generation, storage_for(dest), assets=("video",), max_resume_attempts=0
+            client,
+            generation,
+            storage_for(dest),
+            assets=("video",),
+            max_resume_attempts=0,
+            http=http,
         )
     part = dest / generation.id / "video.part"
     kept = part.stat().st_size
@@ -103,7 +126,9 @@ async def test_a_part_left_by_a_crashed_run_is_resumed(
     assert not (dest / generation.id / "video.mp4").exists()
     sim.reset_counters()
 
-    done = await download_generation_files(client, generation, storage_for(dest), assets=("video",))
+    done = await download_generation_files(
+        client, generation, storage_for(dest), assets=("video",), http=http
+    )
 
     assert sim.counters().bytes_served == SIZE - kept
     assert Path(done.assets["video"].path).read_bytes() == synthetic_bytes(0, SIZE)
@@ -112,7 +137,11 @@ async def test_a_part_left_by_a_crashed_run_is_resumed(
 
 
 async def test_a_cancelled_download_keeps_exactly_what_it_wrote_and_resumes_from_there(
-    sim: RelaySimulator, client: LumaClient, completed: Callable[..., Any], dest: Path
+    sim: RelaySimulator,
+    client: LumaClient,
+    completed: Callable[..., Any],
+    dest: Path,
+    http: httpx.AsyncClient,
 ) -> None:
     generation = await completed()
 
@@ -127,6 +156,7 @@ async def test_a_cancelled_download_keeps_exactly_what_it_wrote_and_resumes_from
             storage_for(dest),
             assets=("video",),
             on_progress=cancel_once_started,
+            http=http,
         )
     )
     with pytest.raises(asyncio.CancelledError):
@@ -137,14 +167,20 @@ async def test_a_cancelled_download_keeps_exactly_what_it_wrote_and_resumes_from
     assert part.read_bytes() == synthetic_bytes(0, kept)  # every write finished, none torn
     sim.reset_counters()
 
-    done = await download_generation_files(client, generation, storage_for(dest), assets=("video",))
+    done = await download_generation_files(
+        client, generation, storage_for(dest), assets=("video",), http=http
+    )
 
     assert sim.counters().bytes_served == SIZE - kept
     assert done.assets["video"].sha256 == hashlib.sha256(synthetic_bytes(0, SIZE)).hexdigest()
 
 
 async def test_a_part_from_another_link_is_not_appended_to(
-    sim: RelaySimulator, client: LumaClient, completed: Callable[..., Any], dest: Path
+    sim: RelaySimulator,
+    client: LumaClient,
+    completed: Callable[..., Any],
+    dest: Path,
+    http: httpx.AsyncClient,
 ) -> None:
     generation = await completed()
     folder = dest / generation.id
@@ -153,14 +189,20 @@ async def test_a_part_from_another_link_is_not_appended_to(
     meta = {"kind": "url", "url": "http://elsewhere/video.mp4"}
     (folder / "video.part.json").write_text(json.dumps(meta))
 
-    done = await download_generation_files(client, generation, storage_for(dest), assets=("video",))
+    done = await download_generation_files(
+        client, generation, storage_for(dest), assets=("video",), http=http
+    )
 
     assert sim.counters().bytes_served == SIZE
     assert Path(done.assets["video"].path).read_bytes() == synthetic_bytes(0, SIZE)
 
 
 async def test_a_whole_part_is_committed_without_fetching_it_again(
-    sim: RelaySimulator, client: LumaClient, completed: Callable[..., Any], dest: Path
+    sim: RelaySimulator,
+    client: LumaClient,
+    completed: Callable[..., Any],
+    dest: Path,
+    http: httpx.AsyncClient,
 ) -> None:
     # A crash between the last byte and the rename: the server answers the Range with 416.
     generation = await completed()
@@ -171,7 +213,9 @@ async def test_a_whole_part_is_committed_without_fetching_it_again(
     meta = {"kind": "video_raw", "url": public_url(generation.video_raw.url)}
     (folder / "video.part.json").write_text(json.dumps({**meta, "content_type": "video/mp4"}))
 
-    done = await download_generation_files(client, generation, storage_for(dest), assets=("video",))
+    done = await download_generation_files(
+        client, generation, storage_for(dest), assets=("video",), http=http
+    )
 
     assert sim.counters().bytes_served == 0
     assert done.assets["video"].bytes == SIZE
@@ -179,21 +223,32 @@ async def test_a_whole_part_is_committed_without_fetching_it_again(
 
 
 async def test_resume_attempts_run_out_with_a_clear_error(
-    sim: RelaySimulator, client: LumaClient, completed: Callable[..., Any], dest: Path
+    sim: RelaySimulator,
+    client: LumaClient,
+    completed: Callable[..., Any],
+    dest: Path,
+    http: httpx.AsyncClient,
 ) -> None:
     generation = await completed()
     sim.add_fault(drop(after_bytes=100_000, times=None))
 
     with pytest.raises(LumaDownloadError) as info:
         await download_generation_files(
-            client, generation, storage_for(dest), assets=("video",), max_resume_attempts=2
+            client,
+            generation,
+            storage_for(dest),
+            assets=("video",),
+            max_resume_attempts=2,
+            http=http,
         )
 
     message = str(info.value)
     assert "video of generation" in message and generation.id in message
     assert "broke off 3 times" in message and "run again" in message
     assert sim.counters().media_requests_by_generation == {generation.id: 3}
-    assert (dest / generation.id / "video.part").stat().st_size == 300_000
+    part = dest / generation.id / "video.part"
+    assert part.stat().st_size == 300_000  # what each attempt received is kept
+    assert part.read_bytes() == synthetic_bytes(0, 300_000)
 
 
 async def test_a_transient_cdn_error_is_retried(
@@ -202,6 +257,7 @@ async def test_a_transient_cdn_error_is_retried(
     completed: Callable[..., Any],
     dest: Path,
     monkeypatch: pytest.MonkeyPatch,
+    http: httpx.AsyncClient,
 ) -> None:
     slept: list[float] = []
 
@@ -214,7 +270,7 @@ async def test_a_transient_cdn_error_is_retried(
     # The retry pause is the relay client's RetryPolicy, slept through its injected sleep.
     async with sim.credentials().get_client(sleep=no_sleep) as quiet:
         done = await download_generation_files(
-            quiet, generation, storage_for(dest), assets=("video",)
+            quiet, generation, storage_for(dest), assets=("video",), http=http
         )
 
     assert done.assets["video"].bytes == SIZE
@@ -232,7 +288,7 @@ class _BreaksOff(httpx.AsyncByteStream):
 
 
 async def test_a_server_that_ignores_range_makes_the_download_start_over(
-    client: LumaClient, dest: Path
+    client: LumaClient, dest: Path, http: httpx.AsyncClient
 ) -> None:
     body = bytes(range(256)) * 40
     url = "https://cdn.example/v/video.mp4?X-Amz-Signature=secret"
@@ -249,7 +305,12 @@ async def test_a_server_that_ignores_range_makes_the_download_start_over(
     with respx.mock(assert_all_mocked=True) as router:
         router.get(url).mock(side_effect=answer)
         done = await download_generation_files(
-            client, generation, storage_for(dest), video_sources=("url",), assets=("video",)
+            client,
+            generation,
+            storage_for(dest),
+            video_sources=("url",),
+            assets=("video",),
+            http=http,
         )
 
     assert seen_ranges == [None, "bytes=4000-"]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+import httpx
 import pytest
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 
@@ -39,31 +40,39 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path, memory_root: str) ->
 
 
 async def test_local_folder_given_as_a_string(
-    sim: RelaySimulator, client: LumaClient, completed: Callable[..., Any], dest: Path
+    sim: RelaySimulator,
+    client: LumaClient,
+    completed: Callable[..., Any],
+    dest: Path,
+    http: httpx.AsyncClient,
 ) -> None:
     generation = await completed()
-    done = await download_generation_files(client, generation, storage_for(str(dest)))
+    done = await download_generation_files(client, generation, storage_for(str(dest)), http=http)
     assert Path(done.assets["video"].path) == dest.resolve() / generation.id / "video.mp4"
 
 
 async def test_local_file_system_block(
-    sim: RelaySimulator, client: LumaClient, completed: Callable[..., Any], dest: Path
+    sim: RelaySimulator,
+    client: LumaClient,
+    completed: Callable[..., Any],
+    dest: Path,
+    http: httpx.AsyncClient,
 ) -> None:
     generation = await completed()
     block = LocalFileSystem(basepath=str(dest))
-    done = await download_generation_files(client, generation, storage_for(block))
+    done = await download_generation_files(client, generation, storage_for(block), http=http)
     assert (dest / generation.id / "video.mp4").read_bytes() == synthetic_bytes(0, 3 * MIB)
     assert done.folder == str(dest.resolve() / generation.id)
 
 
 async def test_remote_file_system_block_in_memory(
-    sim: RelaySimulator, client: LumaClient, completed: Callable[..., Any]
+    sim: RelaySimulator, client: LumaClient, completed: Callable[..., Any], http: httpx.AsyncClient
 ) -> None:
     generation = await completed()
     block = RemoteFileSystem(basepath="memory://luma-test")
     fs = fsspec.filesystem("memory")
     try:
-        done = await download_generation_files(client, generation, storage_for(block))
+        done = await download_generation_files(client, generation, storage_for(block), http=http)
 
         video = done.assets["video"]
         assert video.path == f"memory://luma-test/{generation.id}/video.mp4"
@@ -75,7 +84,7 @@ async def test_remote_file_system_block_in_memory(
         assert names == [".download.json", "last_frame.jpg", "thumbnail.jpg", "video.mp4"]
 
         sim.reset_counters()
-        again = await download_generation_files(client, generation, storage_for(block))
+        again = await download_generation_files(client, generation, storage_for(block), http=http)
         assert all(asset.reused for asset in again.assets.values())
         assert sim.counters().media_requests_by_generation == {}
     finally:
@@ -84,21 +93,25 @@ async def test_remote_file_system_block_in_memory(
 
 
 async def test_remote_downloads_resume_from_their_local_staging_part(
-    sim: RelaySimulator, client: LumaClient, completed: Callable[..., Any], memory_root: str
+    sim: RelaySimulator,
+    client: LumaClient,
+    completed: Callable[..., Any],
+    memory_root: str,
+    http: httpx.AsyncClient,
 ) -> None:
     generation = await completed()
     storage = storage_for(memory_root)
     sim.add_fault(Fault(FaultKind.DROP_CONNECTION, routes=("media",), after_bytes=MIB + 7, times=1))
     with pytest.raises(LumaDownloadError, match="partial file is kept"):
         await download_generation_files(
-            client, generation, storage, assets=("video",), max_resume_attempts=0
+            client, generation, storage, assets=("video",), max_resume_attempts=0, http=http
         )
     part = storage.open_part(f"{generation.id}/video")
     kept = part.size
     assert kept > 0 and not storage.exists(f"{generation.id}/video.mp4")
     sim.reset_counters()
 
-    await download_generation_files(client, generation, storage, assets=("video",))
+    await download_generation_files(client, generation, storage, assets=("video",), http=http)
 
     assert sim.counters().bytes_served == 3 * MIB - kept
     assert storage.read_bytes(f"{generation.id}/video.mp4") == synthetic_bytes(0, 3 * MIB)

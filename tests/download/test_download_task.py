@@ -12,7 +12,7 @@ from prefect.filesystems import LocalFileSystem
 
 from luma_prefect import LumaClient
 from luma_prefect._outcomes import DownloadedGeneration
-from luma_prefect.delivery._download import download_generation_files, media_client
+from luma_prefect.delivery._download import download_generation_files
 from luma_prefect.simulator import RelaySimulator
 from luma_prefect.simulator._media import synthetic_bytes
 from luma_prefect.storage import storage_for
@@ -54,7 +54,7 @@ async def test_many_generations_at_once_can_share_one_media_client(
     sim: RelaySimulator, client: LumaClient, completed: Callable[..., object], dest: Path
 ) -> None:
     generations = [await completed(f"fox {i}") for i in range(6)]
-    async with media_client(max_connections=2) as http:
+    async with sim.credentials().get_media_client(max_connections=2) as http:
         results = await asyncio.gather(
             *(
                 download_generation_files(client, g, storage_for(dest), http=http)

@@ -411,7 +411,12 @@ async def start_stack(processes: Processes, tmp: Path, ui: bool = False) -> Stac
     processes.run(
         "save-credentials",
         [*simulate, "save-credentials", CREDENTIALS_BLOCK],
-        {**env, "LUMA_RELAY_BASE_URL": sim_url, "LUMA_RELAY_API_KEY": SIM_KEY},
+        {
+            **env,
+            "LUMA_RELAY_BASE_URL": sim_url,
+            "LUMA_RELAY_API_KEY": SIM_KEY,
+            "LUMA_RELAY_ALLOW_PRIVATE_MEDIA_HOSTS": "1",  # the simulator's media: 127.0.0.1
+        },
     )
     destination = tmp / "out"
     serve = processes.start(

@@ -158,7 +158,8 @@ async def test_parts_are_per_holder_so_two_holders_never_write_one_file(
     sim.add_fault(Fault(FaultKind.DROP_CONNECTION, routes=("media",), after_bytes=100_000))
     storage = storage_for(str(tmp_path))
 
-    async with sim.credentials().get_client() as client:
+    credentials = sim.credentials()
+    async with credentials.get_client() as client, credentials.get_media_client() as http:
         generation = await client.get_generation(generation_id)
         for holder in ("holderA", "holderB"):
             with pytest.raises(LumaDownloadError):
@@ -169,6 +170,7 @@ async def test_parts_are_per_holder_so_two_holders_never_write_one_file(
                     assets=("video",),
                     max_resume_attempts=0,
                     part_tag=holder,
+                    http=http,
                 )
 
     parts = sorted(p.name for p in (tmp_path / generation_id).glob("*.part"))

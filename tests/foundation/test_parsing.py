@@ -19,10 +19,9 @@ from luma_prefect import (
     LumaNotFoundError,
     LumaProtocolError,
     parse_generation,
-    parse_generations,
 )
 from luma_prefect.relay._answers import read_body
-from luma_prefect.relay._parsing import error_info
+from luma_prefect.relay._parsing import error_info, parse_generations
 from tests.conftest import RELAY_FIXTURES as FIXTURES_DIR
 
 CDN = "https://storage.cdn-luma.com/dream-machine/b0d67582-c6f0-4973-a89c-3fea9d46d5e9"

@@ -20,6 +20,7 @@ from luma_prefect.simulator import (
     SimulatorConfig,
     run_simulator,
 )
+from luma_prefect.simulator.pytest_plugin import LumaSimulator
 
 
 def refused(base_url: str) -> bool:
@@ -254,15 +255,24 @@ def test_import_has_no_side_effects() -> None:
     assert result.stdout.strip() == "ok"
 
 
-def test_credentials_and_client() -> None:
-    luma_prefect = pytest.importorskip("luma_prefect")
-    if not hasattr(luma_prefect, "LumaClient"):
-        pytest.skip("luma_prefect.LumaClient is not there yet")
+def test_connection_fits_the_credentials_block() -> None:
+    from luma_prefect import LumaRelayCredentials
+
     with run_simulator(style="task", route_prefix="/vip/luma") as sim:
-        credentials = sim.credentials()
+        credentials = LumaRelayCredentials.model_validate(sim.connection())
         assert credentials.base_url == sim.base_url
         assert credentials.api_key.get_secret_value() == sim.api_key
         assert credentials.api_style == "task" and credentials.route_prefix == "/vip/luma"
+
+
+def test_the_plugin_simulator_makes_credentials(
+    luma_simulator_factory: Callable[..., LumaSimulator],
+) -> None:
+    sim = luma_simulator_factory(style="official")
+    credentials = sim.credentials()
+    assert credentials.base_url == sim.base_url
+    assert credentials.api_key.get_secret_value() == sim.api_key
+    assert credentials.api_style == "official" and credentials.route_prefix == sim.route_prefix
 
 
 @pytest.mark.parametrize("style", ["generations", "task", "official"])

@@ -38,14 +38,14 @@ def machine(s3_server: Any, s3_bucket: str) -> Callable[[], FsspecStorage]:
     return make
 
 
-def race(*calls: Callable[[], bool]) -> list[bool]:
-    """Run the calls in threads released together; their results in order."""
+def race(*calls: Callable[[], object]) -> list[bool]:
+    """Run the calls in threads released together; whether each won (a truthy result)."""
     barrier = threading.Barrier(len(calls))
     results: list[bool | None] = [None] * len(calls)
 
     def run(index: int) -> None:
         barrier.wait()
-        results[index] = calls[index]()
+        results[index] = bool(calls[index]())
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
     for thread in threads:
@@ -78,7 +78,7 @@ def test_a_committed_part_is_uploaded_whole(machine: Callable[[], FsspecStorage]
     part = storage.open_part("gen-1/video")
     body = bytes(range(256)) * 4096
     with part.writer(append=False) as write:
-        write([body])
+        write(body)
     assert part.commit("gen-1/video.mp4") == f"{storage.root}/gen-1/video.mp4"
     assert storage.read_bytes("gen-1/video.mp4") == body
     assert storage.list() == ["gen-1/video.mp4"]
