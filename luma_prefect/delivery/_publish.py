@@ -292,7 +292,7 @@ async def create_failure_artifact(outcome: GenerationOutcome, key: str) -> None:
     if generation is not None and generation.failure_reason:
         lines.append(f"The relay's reason: {_md(generation.failure_reason)}")
     lines += ["", "**What happened:** " + _md(outcome.error or "it was not published."), ""]
-    step = outcome.status if outcome.status != "error" else "error"
+    step: str = outcome.status
     if step == "error" and outcome.generation_id:
         step = "error_with_id"
     advice = _NEXT_STEP.get(step, _NEXT_STEP["error"])
