@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-scale lint bench clean ui-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,14 +20,23 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+test-scale: $(STAMP)
+	$(BIN)/python -m pytest -m scale
+
 lint: $(STAMP)
 	$(BIN)/ruff check luma_prefect tests flows deployments bench
 	$(BIN)/ruff format --check luma_prefect tests flows deployments bench
 	$(BIN)/mypy luma_prefect
 
+# Not part of `make test`: the Prefect UI in headless Chromium (Debian's, installed with
+# apt-get when missing), screenshots in ui-check/.
+ui-check: $(STAMP)
+	$(BIN)/python -m tests.e2e.ui_check
+
 bench: $(STAMP)
 	$(BIN)/python bench/bench_wait.py
 	$(BIN)/python bench/bench_download.py
+	$(BIN)/python bench/bench_scale.py
 
 clean:
-	rm -rf $(VENV) luma-output .pytest_cache
+	rm -rf $(VENV) luma-output .pytest_cache ui-check

@@ -1,14 +1,12 @@
 """Serve every luma_prefect deployment from one process, without a work pool.
 
-Run from the repository root, with PREFECT_API_URL pointing at your Prefect server:
+The same as `luma-prefect serve` (which needs no checkout); kept for existing set-ups:
 
     python deployments/serve.py --credentials luma-relay --destination "$PWD/luma-output"
 
 It registers `generate-video`, `generate-videos` and `collect-generations` (started from the
 UI or `prefect deployment run`) and `collect-pending` (every 10 minutes), then runs their
-flow runs as they come, each in a child process, until stopped with Ctrl-C or SIGTERM
-(Prefect then pauses the served deployments until they are served again).
-A local destination is made absolute here, so the runs and the UI show where files land.
+flow runs as they come, each in a child process, until stopped with Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -16,63 +14,12 @@ from __future__ import annotations
 import argparse
 import os
 
-from prefect import serve
-from prefect.deployments.runner import RunnerDeployment
+from luma_prefect.fleet import build_deployments, serve_deployments
 
-from luma_prefect.flows import (
-    collect_generations,
-    collect_pending,
-    generate_video,
-    generate_videos,
-)
+__all__ = ["build_deployments", "main"]
 
 DEFAULT_CREDENTIALS = os.environ.get("LUMA_PREFECT_CREDENTIALS_BLOCK", "luma-relay")
 DEFAULT_DESTINATION = os.environ.get("LUMA_PREFECT_DESTINATION", "luma-output")
-
-
-def build_deployments(
-    credentials: str = DEFAULT_CREDENTIALS,
-    destination: str = DEFAULT_DESTINATION,
-    sweep_interval_seconds: int = 600,
-) -> list[RunnerDeployment]:
-    """The runner deployments this process serves.
-
-    Example:
-        ```python
-        from prefect import serve
-        serve(*build_deployments(credentials="luma-relay", destination="/data/luma"))
-        ```
-    """
-    if "://" not in destination:
-        destination = os.path.abspath(os.path.expanduser(destination))
-    common = {"credentials": credentials, "destination": destination}
-    return [
-        generate_video.to_deployment(
-            name="generate-video",
-            parameters={**common, "prompt": "a red fox running through fresh snow"},
-            description="Generate one Luma video from a prompt and publish its files.",
-            tags=["luma"],
-        ),
-        generate_videos.to_deployment(
-            name="generate-videos",
-            parameters=common,
-            description="Generate many Luma videos at once, bounded.",
-            tags=["luma"],
-        ),
-        collect_generations.to_deployment(
-            name="collect-generations",
-            parameters=common,
-            description="Wait for existing Luma generations and publish them.",
-            tags=["luma"],
-        ),
-        collect_pending.to_deployment(
-            name="collect-pending",
-            parameters=common,
-            interval=sweep_interval_seconds,
-            description="Finish every ledger generation not yet published (every 10 min).",
-            tags=["luma"],
-        ),
-    ]
 
 
 def main() -> None:
@@ -100,10 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.sweep_interval < 1:
         parser.error("--sweep-interval must be at least 1 second")
-    serve(
-        *build_deployments(args.credentials, args.destination, args.sweep_interval),
-        limit=8,
-    )
+    serve_deployments(args.credentials, args.destination, args.sweep_interval)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,15 @@ import json
 import re
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -28,11 +30,15 @@ __all__ = [
     "ApiStyle",
     "AspectRatio",
     "Asset",
+    "Duration",
+    "FormText",
     "Generation",
     "GenerationId",
     "GenerationRequest",
     "GenerationState",
     "ImageAsset",
+    "ModelName",
+    "Resolution",
     "VideoAsset",
 ]
 
@@ -41,6 +47,49 @@ ApiStyle = Literal["generations", "task", "official"]
 
 AspectRatio = Literal["16:9", "9:16", "1:1", "4:3", "3:4", "21:9", "9:21"]
 """Aspect ratios every relay style accepts."""
+
+# The options relays differ on: the known values as a choice in Prefect's forms (tabs
+# "known values" / "other value"), any other word still allowed; "" leaves the option out of
+# the request, so the relay uses its own default.
+_ModelChoice = Union[  # noqa: UP007 (a runtime alias: `|` on Annotated needs 3.11)
+    Annotated[
+        Literal["", "ray-v2", "ray-v1", "ray-2", "ray-flash-2", "ray-1-6"],
+        Field(title="known values"),
+    ],
+    Annotated[str, Field(title="other value")],
+]
+
+_ResolutionChoice = Union[  # noqa: UP007
+    Annotated[Literal["", "720p", "1080p"], Field(title="known values")],
+    Annotated[str, Field(title="other value")],
+]
+
+_DurationChoice = Union[  # noqa: UP007
+    Annotated[Literal["", "5s"], Field(title="known values")],
+    Annotated[str, Field(title="other value")],
+]
+
+
+def _form(choice: Any) -> Any:
+    """How a field reads in Prefect's forms: `choice`'s schema, not the `X | None` toggle.
+
+    The field still holds None when unset; the form starts from `_EMPTY` / `_OFF` (its
+    `json_schema_extra`) and its "" means unset too.
+    """
+    return WithJsonSchema(TypeAdapter(choice).json_schema())
+
+
+FormText = Annotated[str | None, _form(str)]
+"""Optional text that reads as a text field in Prefect's forms ("" or None: not given)."""
+ModelName = Annotated[str | None, _form(_ModelChoice)]
+"""A model name: ray-v1/ray-v2 on relays, ray-2/ray-flash-2/ray-1-6 on the official API."""
+Resolution = Annotated[str | None, _form(_ResolutionChoice)]
+"""A resolution: 720p or 1080p where relays take one ("" or None: the relay's default)."""
+Duration = Annotated[str | None, _form(_DurationChoice)]
+"""A duration: 5s where relays take one ("" or None: the relay's default)."""
+
+_EMPTY: dict[str, Any] = {"default": ""}
+_OFF: dict[str, Any] = {"default": False}
 
 # Relays use uuids; allow any plain token, but never anything that can move in a path.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
@@ -285,28 +334,65 @@ class GenerationRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    prompt: str | None = Field(
-        default=None, description="What the video shows. Required unless an image is given."
+    prompt: FormText = Field(
+        default=None,
+        json_schema_extra=_EMPTY,
+        description="What the video shows. May stay empty when a start image is given.",
     )
     aspect_ratio: AspectRatio = Field(default="16:9", description="Frame shape of the video.")
+    # Left as a three-way choice: None lets the relay decide, and its default may be True.
     expand_prompt: bool | None = Field(
-        default=None, description="Let the service enrich the prompt."
+        default=None, description="Let the service enrich the prompt (None: the relay decides)."
     )
-    loop: bool | None = Field(default=None, description="Make the video loop seamlessly.")
-    image_url: str | None = Field(
-        default=None, description="Start frame: an http(s) URL or a data:image base64 URI."
+    # The form's False sends "loop": false, which is every relay's default anyway.
+    loop: Annotated[bool | None, _form(bool)] = Field(
+        default=None, json_schema_extra=_OFF, description="Make the video loop seamlessly."
     )
-    image_end_url: str | None = Field(
-        default=None, description="End frame: an http(s) URL or a data:image base64 URI."
+    image_url: FormText = Field(
+        default=None,
+        json_schema_extra=_EMPTY,
+        description="Optional start frame: an http(s) URL or a data:image base64 URI.",
     )
-    model: str | None = Field(
-        default=None, description="Model name, e.g. ray-v2 (relays) or ray-2 (official)."
+    image_end_url: FormText = Field(
+        default=None,
+        json_schema_extra=_EMPTY,
+        description="Optional end frame: an http(s) URL or a data:image base64 URI.",
     )
-    resolution: str | None = Field(default=None, description="e.g. 720p or 1080p.")
-    duration: str | None = Field(default=None, description="e.g. 5s.")
-    callback_url: str | None = Field(
-        default=None, description="URL the relay calls when the generation is done."
+    model: ModelName = Field(
+        default=None,
+        json_schema_extra=_EMPTY,
+        description="Model: ray-v2 or ray-v1 on relays, ray-2, ray-flash-2 or ray-1-6 on the "
+        "official API. Empty: the relay's default.",
     )
+    resolution: Resolution = Field(
+        default=None,
+        json_schema_extra=_EMPTY,
+        description="720p or 1080p. Empty: the relay's default.",
+    )
+    duration: Duration = Field(
+        default=None,
+        json_schema_extra=_EMPTY,
+        description="5s on the relays that take one. Empty: the relay's default.",
+    )
+    callback_url: FormText = Field(
+        default=None,
+        json_schema_extra=_EMPTY,
+        description="Optional URL the relay calls when the generation is done.",
+    )
+
+    @field_validator(
+        "image_url",
+        "image_end_url",
+        "model",
+        "resolution",
+        "duration",
+        "callback_url",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # Prefect's forms send "" for an option left empty: the same as not giving it.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("prompt")
     @classmethod

@@ -9,7 +9,8 @@ do), never a traceback: set LUMA_PREFECT_DEBUG=1 to see one.
 Commands: `simulate` (an offline relay), `generate` and `collect` (the main job on a real
 relay), `resolve` (paid submits in doubt), `save-credentials` (a block from the
 environment), `check` (prove a relay's settings with one free read), `demo` (the main
-job on the simulator and Prefect's embedded API).
+job on the simulator and Prefect's embedded API), `serve` and `install-automations`
+(running at scale, in `luma_prefect.fleet`).
 
 Example:
     ```console
@@ -32,6 +33,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from typer.core import TyperGroup
+
+from luma_prefect.fleet._commands import register as _register_fleet_commands
 
 if TYPE_CHECKING:
     from luma_prefect.credentials import LumaRelayCredentials
@@ -788,6 +791,9 @@ def _print_outcomes(outcomes: list[Any]) -> None:
                 f"Generation {outcome.generation_id}: {outcome.status}: {outcome.error}",
                 fg=typer.colors.YELLOW,
             )
+
+
+_register_fleet_commands(app)  # serve, install-automations
 
 
 def main() -> None:

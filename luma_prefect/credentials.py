@@ -20,7 +20,7 @@ from luma_prefect.relay._routes import API_STYLES, normalise_prefix
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["CredentialsCheck", "LumaRelayCredentials"]
+__all__ = ["CredentialsCheck", "LumaRelayCredentials", "saved_block_name"]
 
 ENV_BASE_URL = "LUMA_RELAY_BASE_URL"
 ENV_API_KEY = "LUMA_RELAY_API_KEY"
@@ -263,3 +263,17 @@ class LumaRelayCredentials(CredentialsBlock):
             verify=verify,
             allow_private_media_hosts=(env.get(ENV_ALLOW_PRIVATE) or "").lower() in _YES,
         )
+
+
+def saved_block_name(block: LumaRelayCredentials) -> str | None:
+    """The name a block was saved or loaded under; None for a block never saved by name.
+
+    Example:
+        ```python
+        saved_block_name(LumaRelayCredentials.load("luma-relay"))  # "luma-relay"
+        ```
+    """
+    if getattr(block, "_is_anonymous", False):
+        return None
+    name = getattr(block, "_block_document_name", None)
+    return name if isinstance(name, str) and name else None

@@ -12,8 +12,17 @@ import asyncio
 from prefect import flow, get_run_logger
 
 from luma_prefect._exceptions import LumaError
-from luma_prefect._models import AspectRatio, GenerationRequest
+from luma_prefect._models import (
+    AspectRatio,
+    Duration,
+    FormText,
+    GenerationRequest,
+    ModelName,
+    Resolution,
+)
 from luma_prefect._outcomes import AssetName, GenerationOutcome, PublishedGeneration
+from luma_prefect.credentials import LumaRelayCredentials
+from luma_prefect.delivery._publish import report_failures
 from luma_prefect.flows._steps import (
     FailWhen,
     WaitOptions,
@@ -21,13 +30,15 @@ from luma_prefect.flows._steps import (
     generate_one,
     left_behind,
     report_batch,
-    same_relay,
     settle_in_doubt,
 )
-from luma_prefect.ledger._records import Ledger
+from luma_prefect.flows._sweep import plan_sweep, report_unswept
+from luma_prefect.ledger._records import Ledger, LedgerRecord
 from luma_prefect.storage import storage_for
+from luma_prefect.tasks import _names as names
 from luma_prefect.tasks import resolve_credentials
 from luma_prefect.tasks._common import CredentialsInput, Destination
+from luma_prefect.tasks._progress import BatchProgress
 
 __all__ = ["collect_generations", "collect_pending", "generate_video", "generate_videos"]
 
@@ -36,43 +47,46 @@ DEFAULT_DESTINATION = "luma-output"
 DEFAULT_ASSETS: tuple[AssetName, ...] = ("video", "thumbnail", "last_frame")
 
 
-@flow(name="generate-video", log_prints=False)
+@flow(name="generate-video", flow_run_name=names.video_run_name, log_prints=False)
 async def generate_video(
-    prompt: str | None = None,
+    prompt: FormText = "",
     aspect_ratio: AspectRatio = "16:9",
-    image_url: str | None = None,
-    image_end_url: str | None = None,
+    image_url: FormText = "",
+    image_end_url: FormText = "",
     loop: bool = False,
-    model: str | None = None,
-    resolution: str | None = None,
-    duration: str | None = None,
+    model: ModelName = "",
+    resolution: Resolution = "",
+    duration: Duration = "",
     credentials: CredentialsInput = DEFAULT_CREDENTIALS,
     destination: Destination = DEFAULT_DESTINATION,
     timeout_seconds: float = 1800.0,
     poll_interval_seconds: float = 5.0,
     max_poll_interval_seconds: float = 30.0,
     assets: list[AssetName] = list(DEFAULT_ASSETS),  # noqa: B006 (Prefect needs a value)
-    idempotency_key: str | None = None,
+    idempotency_key: FormText = "",
 ) -> PublishedGeneration:
     """Generate one video: submit, wait, download the files, publish the results.
 
     Args:
-        prompt: What the video shows. Required unless a start image is given.
+        prompt: What the video shows, in a sentence or two. May stay empty only when a
+            start image (image_url) is given.
         aspect_ratio: Frame shape: 16:9, 9:16, 1:1, 4:3, 3:4, 21:9 or 9:21.
         image_url: Optional start frame: an http(s) URL or a data:image base64 URI.
         image_end_url: Optional end frame: an http(s) URL or a data:image base64 URI.
         loop: Make the video loop seamlessly.
-        model: Optional model name (e.g. ray-v2 on relays, ray-2 on the official API).
-        resolution: Optional resolution, e.g. 720p or 1080p.
-        duration: Optional duration, e.g. 5s.
+        model: Empty: the relay's default. Relays (styles generations, task) know ray-v2
+            and ray-v1; Luma's official API ray-2, ray-flash-2 and ray-1-6. "other value"
+            takes any name a relay documents.
+        resolution: Empty: the relay's default. 720p or 1080p where the relay takes one.
+        duration: Empty: the relay's default (about 5 s). 5s where the relay takes one.
         credentials: A LumaRelayCredentials block, or the name of a saved one.
         destination: Local folder, fsspec URL, or a LocalFileSystem/RemoteFileSystem block.
         timeout_seconds: Longest wait for the generation, in seconds.
         poll_interval_seconds: First interval between polls; it grows up to the maximum.
         max_poll_interval_seconds: Longest interval between polls.
         assets: Files to download: video, thumbnail, last_frame.
-        idempotency_key: Optional. Without it, the request is paid once per run, whatever
-            retries it; the same key is the same paid submit in any run; a new key pays anew.
+        idempotency_key: Optional. Empty: the request is paid once per run, whatever
+            retries it. The same key is the same paid submit in any run; a new key pays anew.
 
     Example:
         ```python
@@ -94,15 +108,18 @@ async def generate_video(
         resolution=resolution,
         duration=duration,
     )
-    outcome = await generate_one(
-        await resolve_credentials(credentials),
-        request,
-        destination,
-        WaitOptions(timeout_seconds, poll_interval_seconds, max_poll_interval_seconds),
-        list(assets),
-        idempotency_key,
-    )
+    block = await resolve_credentials(credentials)
+    with names.run_tags(block.base_url):
+        outcome = await generate_one(
+            block,
+            request,
+            destination,
+            WaitOptions(timeout_seconds, poll_interval_seconds, max_poll_interval_seconds),
+            list(assets),
+            idempotency_key or None,
+        )
     if outcome.published is None:
+        await report_failures([outcome])
         raise outcome.exception or LumaError(
             outcome.error or f"Generation {outcome.generation_id} was not published.",
             generation_id=outcome.generation_id,
@@ -110,7 +127,7 @@ async def generate_video(
     return outcome.published
 
 
-@flow(name="generate-videos", log_prints=False)
+@flow(name="generate-videos", flow_run_name=names.videos_run_name, log_prints=False)
 async def generate_videos(
     requests: list[GenerationRequest],
     max_concurrent: int = 4,
@@ -121,7 +138,7 @@ async def generate_videos(
     max_poll_interval_seconds: float = 30.0,
     assets: list[AssetName] = list(DEFAULT_ASSETS),  # noqa: B006
     fail_when: FailWhen = "all",
-    idempotency_key: str | None = None,
+    idempotency_key: FormText = "",
 ) -> list[GenerationOutcome]:
     """Generate many videos at once, at most `max_concurrent` in flight.
 
@@ -135,8 +152,8 @@ async def generate_videos(
         max_poll_interval_seconds: Longest interval between polls.
         assets: Files to download: video, thumbnail, last_frame.
         fail_when: End the flow run Failed when all, any, or never of the generations fail.
-        idempotency_key: Optional. Each item is paid once per run (retries included); with
-            a key, once per key and item position in any run.
+        idempotency_key: Optional. Empty: each item is paid once per run (retries
+            included); with a key, once per key and item position in any run.
 
     Example:
         ```python
@@ -153,28 +170,36 @@ async def generate_videos(
     gate = asyncio.Semaphore(max_concurrent)
     options = WaitOptions(timeout_seconds, poll_interval_seconds, max_poll_interval_seconds)
 
+    progress = BatchProgress(len(requests))
+    await progress.start()
+
     async def one(position: int, request: GenerationRequest) -> GenerationOutcome:
         async with gate:
-            return await generate_one(
+            outcome = await generate_one(
                 block,
                 request,
                 destination,
                 options,
                 list(assets),
-                idempotency_key,
+                idempotency_key or None,
                 position=f"item-{position}",
             )
+        await progress.add(outcome)
+        return outcome
 
-    outcomes = list(
-        await asyncio.gather(
-            *(one(i, GenerationRequest.model_validate(r)) for i, r in enumerate(requests))
+    with names.run_tags(block.base_url):
+        outcomes = list(
+            await asyncio.gather(
+                *(one(i, GenerationRequest.model_validate(r)) for i, r in enumerate(requests))
+            )
         )
-    )
+    await progress.finish()
+    await report_failures(outcomes)
     await report_batch(outcomes, "luma-generate-videos", fail_when)
     return outcomes
 
 
-@flow(name="collect-generations", log_prints=False)
+@flow(name="collect-generations", flow_run_name=names.collect_run_name, log_prints=False)
 async def collect_generations(
     generation_ids: list[str],
     credentials: CredentialsInput = DEFAULT_CREDENTIALS,
@@ -208,14 +233,25 @@ async def collect_generations(
     """
     block = await resolve_credentials(credentials)
     options = WaitOptions(timeout_seconds, poll_interval_seconds, max_poll_interval_seconds)
-    outcomes = await collect(
-        block, list(generation_ids), destination, options, list(assets), batch_size
-    )
+    progress = BatchProgress(len(generation_ids))
+    await progress.start()
+    with names.run_tags(block.base_url):
+        outcomes = await collect(
+            block,
+            list(generation_ids),
+            destination,
+            options,
+            list(assets),
+            batch_size,
+            on_outcome=progress.add,
+        )
+    await progress.finish()
+    await report_failures(outcomes)
     await report_batch(outcomes, "luma-collect-generations", fail_when)
     return outcomes
 
 
-@flow(name="collect-pending", log_prints=False)
+@flow(name="collect-pending", flow_run_name=names.sweep_run_name, log_prints=False)
 async def collect_pending(
     credentials: CredentialsInput = DEFAULT_CREDENTIALS,
     destination: Destination = DEFAULT_DESTINATION,
@@ -227,15 +263,18 @@ async def collect_pending(
 ) -> list[GenerationOutcome]:
     """Finish every generation in the destination's ledger that is not yet published.
 
-    Picks up what a crashed or timed-out run left behind, whoever submitted it; safe to run
-    on a schedule, also twice at once (claims keep one publish per generation). Submits in
-    doubt (the relay may have created a generation nobody recorded) are resolved where the
-    submit's persisted result or the relay's list of recent generations tells, and every
-    other one is reported: log, `luma.submit.in-doubt` event, `luma-submits-in-doubt`
-    artifact. Resolve those with `luma-prefect resolve`.
+    Picks up what a crashed or timed-out run left behind, whoever submitted it, each with
+    the saved credentials block that submitted it (this flow's `credentials` finish those
+    submitted with an unsaved block for the same relay). A generation it cannot finish is
+    reported by id with the reason (log, artifact, `luma.generation.unswept` event). Safe
+    to run on a schedule, also twice at once (claims keep one publish per generation).
+    Submits in doubt (the relay may have created a generation nobody recorded) are
+    resolved where the submit's persisted result or the relay's list of recent
+    generations tells, and every other one is reported: log, `luma.submit.in-doubt`
+    event, `luma-submits-in-doubt` artifact. Resolve those with `luma-prefect resolve`.
 
     Args:
-        credentials: A LumaRelayCredentials block, or the name of a saved one.
+        credentials: Credentials for generations submitted with an unsaved block.
         destination: The destination whose ledger to sweep.
         timeout_seconds: Longest wait for the pending generations, in seconds.
         poll_interval_seconds: First interval between polls.
@@ -256,25 +295,48 @@ async def collect_pending(
     # First the submits whose outcome is unknown: resolved ones join the records below.
     await settle_in_doubt(block, ledger, destination)
     records = ledger.unfinished()
-    mine = [r for r in records if same_relay(r, block) and await left_behind(ledger, r)]
-    if len(mine) < len(records):
+    pending = [r for r in records if await left_behind(ledger, r)]
+    if len(pending) < len(records):
         logger.info(
-            "%d unfinished generation(s) are left alone: their flow run is still at work, "
-            "or they belong to another relay.",
-            len(records) - len(mine),
+            "%d unfinished generation(s) are left to their flow runs, still at work.",
+            len(records) - len(pending),
         )
-    logger.info("%d unfinished generation(s) in the ledger.", len(mine))
-    if not mine:
+    plan = await plan_sweep(pending, block)
+    await report_unswept(plan.unswept)
+    logger.info(
+        "%d unfinished generation(s) to finish, with %d credentials block(s); %d cannot be.",
+        sum(len(group) for _, group in plan.groups),
+        len(plan.groups),
+        len(plan.unswept),
+    )
+    if not pending:
         return []
     options = WaitOptions(timeout_seconds, poll_interval_seconds, max_poll_interval_seconds)
-    outcomes = await collect(
-        block,
-        [r.generation_id for r in mine],
-        destination,
-        options,
-        list(assets),
-        batch_size,
-        skip_published=True,
-    )
+    progress = BatchProgress(sum(len(group) for _, group in plan.groups))
+    await progress.start()
+
+    async def sweep(
+        relay: LumaRelayCredentials, group: list[LedgerRecord]
+    ) -> list[GenerationOutcome]:
+        with names.run_tags(relay.base_url):
+            return await collect(
+                relay,
+                [r.generation_id for r in group],
+                destination,
+                options,
+                list(assets),
+                batch_size,
+                skip_published=True,
+                on_outcome=progress.add,
+            )
+
+    swept = await asyncio.gather(*(sweep(relay, group) for relay, group in plan.groups))
+    outcomes = [o for group in swept for o in group]
+    outcomes += [
+        GenerationOutcome(generation_id=u.generation_id, status="error", error=u.reason)
+        for u in plan.unswept
+    ]
+    await progress.finish()
+    await report_failures(outcomes)
     await report_batch(outcomes, "luma-collect-pending", "never")
     return outcomes

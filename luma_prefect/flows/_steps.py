@@ -36,7 +36,7 @@ from luma_prefect._exceptions import (
 from luma_prefect._models import Generation, GenerationRequest, check_generation_id
 from luma_prefect._outcomes import AssetName, GenerationOutcome
 from luma_prefect._urls import public_url
-from luma_prefect.credentials import LumaRelayCredentials
+from luma_prefect.credentials import LumaRelayCredentials, saved_block_name
 from luma_prefect.delivery._download import discard_holder_parts
 from luma_prefect.delivery._publish import (
     EVENT_COMPLETED,
@@ -263,6 +263,7 @@ async def _submit_once(
                 flow_run_id=flow_run_id,
                 relay_base_url=public_url(block.base_url),  # never user:password
                 relay_style=block.api_style,
+                credentials_block=saved_block_name(block),  # a name, never the key
             )
         except (OSError, LumaError) as exc:
             # The generation is paid for: never fail it because the ledger could not be
@@ -372,8 +373,11 @@ async def collect(
     batch_size: int,
     *,
     skip_published: bool = False,
+    on_outcome: Callable[[GenerationOutcome], Awaitable[None]] | None = None,
 ) -> list[GenerationOutcome]:
-    """Batched wait; each generation is delivered as soon as a wait round returns it."""
+    """Batched wait; each generation is delivered as soon as a wait round returns it.
+
+    `on_outcome` is awaited as each generation ends (the flow's batch progress)."""
     ledger = Ledger(storage_for(destination))
     outcomes: dict[str, GenerationOutcome] = {}
     remaining = []
@@ -385,6 +389,14 @@ async def collect(
             outcomes[generation_id] = GenerationOutcome(
                 generation_id=str(generation_id), status="error", error=str(exc)
             )
+    told: set[str] = set()
+
+    async def tell() -> None:
+        for generation_id, outcome in list(outcomes.items()):
+            if on_outcome is not None and generation_id not in told:
+                told.add(generation_id)
+                await on_outcome(outcome)
+
     deadline = time.monotonic() + options.timeout_seconds
     while remaining:
         left = max(deadline - time.monotonic(), 0.001)
@@ -400,6 +412,9 @@ async def collect(
                 batch_size=batch_size,
                 return_exceptions=True,
                 return_when="first",
+                # The flow shows the batch's progress: one artifact per wait round would be
+                # one per settling generation here.
+                progress_artifact=False,
             )
         except Exception as exc:
             # A wait that broke as a whole (a refused key, a backstop timeout): each id
@@ -426,6 +441,8 @@ async def collect(
                 done = _failed(generation.id, generation, done)
             outcomes[done.generation_id] = done
         remaining = [i for i, r in zip(remaining, results, strict=True) if r is None]
+        await tell()
+    await tell()
     return [outcomes[i] for i in dict.fromkeys(generation_ids)]
 
 

@@ -107,6 +107,8 @@ class LedgerRecord(BaseModel):
     flow_run_id: str | None = None
     relay_base_url: str | None = None
     relay_style: str | None = None
+    credentials_block: str | None = None
+    """Name of the saved credentials block that submitted it (None: an unsaved block)."""
     error: str | None = None
     history: list[dict[str, str]] = Field(default_factory=list)
     holder: dict[str, Any] | None = None
@@ -300,6 +302,7 @@ class Ledger:
         relay_base_url: str,
         relay_style: str,
         resolved: str | None = None,
+        credentials_block: str | None = None,
     ) -> LedgerRecord:
         """Record a generation the relay just accepted (call before any wait)."""
         generation_id = generation.id
@@ -310,6 +313,7 @@ class Ledger:
             flow_run_id=flow_run_id,
             relay_base_url=relay_base_url,
             relay_style=relay_style,
+            credentials_block=credentials_block,
             history=[{"status": "submitted", "at": self._clock().isoformat()}],
             # The process that goes on with it: a sweep need not wait for it once it is dead.
             holder=process_holder() if flow_run_id else None,

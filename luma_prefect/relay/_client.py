@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -40,6 +41,9 @@ logger = logging.getLogger("luma_prefect.client")
 install_httpx_redaction()
 
 Sleep = Callable[[float], Awaitable[None]]
+#: Entered around every request to the relay (each attempt): e.g. a slot of a limit shared
+#: by every worker (`luma_prefect.fleet.relay_gate`).
+RequestGate = Callable[[], contextlib.AbstractAsyncContextManager[Any]]
 
 _USER_AGENT = "luma-prefect/0.1"
 # Failures that prove the request never left this machine: safe to retry even a paid POST.
@@ -132,6 +136,7 @@ class LumaClient:
         sleep: Sleep | None = None,
         rng: random.Random | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        request_gate: RequestGate | None = None,
     ) -> None:
         base_url = check_base_url(base_url)
         if timeout_seconds <= 0 or max_connections < 1 or batch_size < 1:
@@ -154,6 +159,7 @@ class LumaClient:
         self.timeout_seconds = timeout_seconds
         self.max_response_bytes = max_response_bytes
         self._sleep: Sleep = sleep or asyncio.sleep
+        self._gate: RequestGate = request_gate or contextlib.nullcontext
         self._rng = rng or random.Random()
         self._batch_supported = self.routes.batch() is not None
         key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
@@ -441,7 +447,8 @@ class LumaClient:
             started = time.monotonic()
             retry_after: float | None = None
             try:
-                response = await self._exchange(route, json)
+                async with self._gate():
+                    response = await self._exchange(route, json)
             except (httpx.TransportError, TimeoutError) as exc:
                 error: LumaError = self._transport_error(exc, action, generation_id, paid)
                 retryable = not paid or isinstance(exc, _NOT_SENT)

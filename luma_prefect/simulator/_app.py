@@ -16,7 +16,12 @@ from luma_prefect.simulator._config import ASPECT_RATIOS, FaultKind
 from luma_prefect.simulator._faults import Target
 from luma_prefect.simulator._media import MediaResponse, media_file
 from luma_prefect.simulator._relay import Call, RelayBase, invalid_url, read_json
-from luma_prefect.simulator._responses import REQUEST_ID_KEY, RequestIdMiddleware, json_response
+from luma_prefect.simulator._responses import (
+    REQUEST_ID_KEY,
+    InFlightCounter,
+    RequestIdMiddleware,
+    json_response,
+)
 from luma_prefect.simulator._state import SimulatorState
 
 __all__ = ["Relay", "build_app"]
@@ -356,4 +361,5 @@ def build_app(state: SimulatorState, base_url: str) -> tuple[Any, Relay]:
         return json_response(invalid_url(request, request_id), status)
 
     app = Starlette(routes=routes, exception_handlers={404: unknown_route, 405: unknown_route})
-    return RequestIdMiddleware(app), relay
+    counted = InFlightCounter(app, state.begin_api_request, state.end_api_request)
+    return RequestIdMiddleware(counted), relay

@@ -18,7 +18,9 @@ class Counters:
     `submits_by_prompt` count paid generations (submits and extends that created one).
     `queries_by_generation` counts single and batch lookups per id asked for (unknown ids
     too); `media_requests_by_generation` media requests per generation; `bytes_served`
-    media body bytes sent; `faults_fired` how often each `FaultKind` acted, by its value.
+    media body bytes sent; `faults_fired` how often each `FaultKind` acted, by its value;
+    `max_concurrent_requests` the most relay API requests (not media, not admin) open at
+    once, from arrival until their answer is sent: what a relay's concurrency limit counts.
 
     Example:
         ```python
@@ -35,6 +37,7 @@ class Counters:
     media_requests_by_generation: dict[str, int] = field(default_factory=dict)
     bytes_served: int = 0
     faults_fired: dict[str, int] = field(default_factory=dict)
+    max_concurrent_requests: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The snapshot as JSON-ready data (what `GET /_simulator/counters` answers).
@@ -52,6 +55,7 @@ class Counters:
             "media_requests_by_generation": dict(self.media_requests_by_generation),
             "bytes_served": self.bytes_served,
             "faults_fired": dict(self.faults_fired),
+            "max_concurrent_requests": self.max_concurrent_requests,
         }
 
 
@@ -65,6 +69,7 @@ class CounterBook:
         self.queries: Counter[str] = Counter()
         self.media: Counter[str] = Counter()
         self.bytes_served = 0
+        self.max_in_flight = 0
 
     def snapshot(self, faults_fired: Counter[str]) -> Counters:
         return Counters(
@@ -75,4 +80,5 @@ class CounterBook:
             media_requests_by_generation=dict(self.media),
             bytes_served=self.bytes_served,
             faults_fired=dict(faults_fired),
+            max_concurrent_requests=self.max_in_flight,
         )

@@ -76,6 +76,8 @@ class SimulatorState:
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
         self._lock = threading.RLock()
+        # Requests being answered: live, not test data, so a reset leaves it as it is.
+        self._in_flight = 0
         self.reset()
 
     def reset(self) -> None:
@@ -88,6 +90,7 @@ class SimulatorState:
             self._faults = FaultBook()
             self._link_epoch = 0
             self._counts = CounterBook()
+            self._counts.max_in_flight = self._in_flight  # still open: they count on
 
     # -- clock -------------------------------------------------------------------------
 
@@ -108,6 +111,16 @@ class SimulatorState:
         with self._lock:
             self._counts.requests[route] += 1
 
+    def begin_api_request(self) -> None:
+        """A relay API request arrived: one more in flight (see `max_concurrent_requests`)."""
+        with self._lock:
+            self._in_flight += 1
+            self._counts.max_in_flight = max(self._counts.max_in_flight, self._in_flight)
+
+    def end_api_request(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
     def count_queries(self, generation_ids: Iterable[str]) -> None:
         with self._lock:
             self._counts.queries.update(generation_ids)
@@ -127,6 +140,7 @@ class SimulatorState:
     def reset_counters(self) -> None:
         with self._lock:
             self._counts = CounterBook()
+            self._counts.max_in_flight = self._in_flight  # still open: they count on
             self._faults.fired_by_kind.clear()
 
     # -- faults ------------------------------------------------------------------------

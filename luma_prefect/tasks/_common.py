@@ -23,6 +23,7 @@ from luma_prefect._exceptions import (
 from luma_prefect._models import GenerationState
 from luma_prefect.credentials import LumaRelayCredentials
 from luma_prefect.relay._client import LumaClient
+from luma_prefect.tasks._throttle import relay_gate
 from luma_prefect.wait._engine import Clock, SystemClock
 
 CredentialsInput = LumaRelayCredentials | str
@@ -109,6 +110,8 @@ async def resolve_credentials(credentials: CredentialsInput) -> LumaRelayCredent
 
 
 async def client_for(credentials: CredentialsInput, **overrides: Any) -> LumaClient:
-    """A client for the credentials whose retry sleeps follow the wait clock."""
+    """A client for the credentials whose retry sleeps follow the wait clock, and whose
+    every request holds a slot of the relay's Prefect concurrency limit."""
     block = await resolve_credentials(credentials)
+    overrides.setdefault("request_gate", relay_gate(block.base_url))
     return block.get_client(sleep=wait_clock.sleep, **overrides)

@@ -19,13 +19,14 @@ from luma_prefect.delivery._download import (
 from luma_prefect.delivery._publish import (
     EVENT_PUBLISHED,
     MANIFEST_NAME,
-    artifact_key,
     build_manifest,
     create_summary_artifact,
     emit_generation_event,
     manifest_bytes,
+    summary_artifact_key,
 )
 from luma_prefect.storage import storage_for
+from luma_prefect.tasks import _names as names
 from luma_prefect.tasks._common import (
     DOWNLOAD_BACKSTOP_SECONDS,
     PUBLISH_BACKSTOP_SECONDS,
@@ -35,22 +36,13 @@ from luma_prefect.tasks._common import (
     client_for,
     resolve_credentials,
 )
-
-
-def _download_run_name() -> str:
-    """`download-<generation id>`, whether the task got a Generation or an id."""
-    from prefect.runtime import task_run
-
-    generation = task_run.parameters.get("generation")
-    generation_id = getattr(generation, "id", None) or (
-        generation.get("id") if isinstance(generation, dict) else generation
-    )
-    return f"download-{generation_id}"
+from luma_prefect.tasks._progress import DownloadProgress
 
 
 @task(
     name="download-generation",
-    task_run_name=_download_run_name,
+    task_run_name=names.download_name,
+    tags=[names.RUN_TAG],
     timeout_seconds=DOWNLOAD_BACKSTOP_SECONDS,
     **READ_OPTIONS,
 )
@@ -63,6 +55,7 @@ async def download_generation(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_concurrent_downloads: int = 3,
     part_tag: str | None = None,
+    progress_artifact: bool = True,
 ) -> DownloadedGeneration:
     """Download a completed generation's files to `<destination>/<generation id>/`.
 
@@ -75,6 +68,8 @@ async def download_generation(
     refreshed once from the relay; a rerun reuses verified files without downloading.
     `part_tag` (letters and digits) names the partial files after their holder, so two
     concurrent deliveries of one generation never write into the same `.part`.
+    With `progress_artifact` (the default) a progress artifact shows the bytes done, updated
+    at most every 5 s.
 
     Example:
         ```python
@@ -100,18 +95,30 @@ async def download_generation(
                 if isinstance(generation, dict)
                 else await client.get_generation(generation)
             )
-        downloaded = await download_generation_files(
-            client,
-            generation,
-            storage,
-            assets=assets,
-            video_sources=video_sources,
-            max_bytes=max_bytes,
-            max_concurrent=max_concurrent_downloads,
-            http=http,
-            logger=get_run_logger(),
-            part_tag=part_tag,
-        )
+        progress = DownloadProgress(generation.id) if progress_artifact else None
+        if progress is not None:
+            await progress.start()
+        try:
+            downloaded = await download_generation_files(
+                client,
+                generation,
+                storage,
+                assets=assets,
+                video_sources=video_sources,
+                max_bytes=max_bytes,
+                max_concurrent=max_concurrent_downloads,
+                http=http,
+                logger=get_run_logger(),
+                part_tag=part_tag,
+                on_progress=progress.bytes if progress is not None else None,
+            )
+        except Exception as exc:
+            if progress is not None:
+                await progress.fail(exc)
+            raise
+        if progress is not None:
+            sizes = [asset.bytes for asset in downloaded.assets.values()]
+            await progress.finish(len(sizes), sum(sizes))
     return downloaded.model_copy(
         update={"relay_base_url": public_url(block.base_url), "relay_style": block.api_style}
     )
@@ -119,7 +126,8 @@ async def download_generation(
 
 @task(
     name="publish-generation",
-    task_run_name="publish-{downloaded.generation.id}",
+    task_run_name=names.publish_name,
+    tags=[names.RUN_TAG],
     cache_policy=NO_CACHE,
     timeout_seconds=PUBLISH_BACKSTOP_SECONDS,
 )
@@ -133,6 +141,10 @@ async def publish_generation(
 ) -> PublishedGeneration:
     """Publish a downloaded generation: `manifest.json` beside its files, a markdown
     artifact in the run, and the `luma.generation.published` event.
+
+    The artifact shows our own copy of the thumbnail (inlined; the relay's links expire)
+    and where each file is; its key is one per flow and deployment
+    (`luma-generate-video`), the generation in its description.
 
     `destination` defaults to the one the files were downloaded to; pass the block again
     when that was a filesystem block. The manifest lists the request, the states with their
@@ -155,8 +167,8 @@ async def publish_generation(
     )
     keys: list[str] = []
     if create_artifacts:
-        key = artifact_key("luma-generation", generation.id)
-        await create_summary_artifact(downloaded, manifest_path, key)
+        key = summary_artifact_key()
+        await create_summary_artifact(downloaded, manifest_path, key, storage)
         keys.append(key)
     events: list[str] = []
     if emit_events:

@@ -17,6 +17,7 @@ from luma_prefect.ledger._identity import (
     root_flow_run_id_sync,
     submit_identity,
 )
+from luma_prefect.tasks import _names as names
 from luma_prefect.tasks._common import (
     READ_OPTIONS,
     RELAY_CALL_BACKSTOP_SECONDS,
@@ -27,7 +28,8 @@ from luma_prefect.tasks._common import (
 
 @task(
     name="fetch-generation",
-    task_run_name="fetch-generation-{generation_id}",
+    task_run_name=names.fetch_name,
+    tags=[names.RUN_TAG],
     timeout_seconds=RELAY_CALL_BACKSTOP_SECONDS,
     **READ_OPTIONS,
 )
@@ -48,7 +50,13 @@ async def fetch_generation(
         return await client.get_generation(generation_id)
 
 
-@task(name="fetch-generations", timeout_seconds=RELAY_CALL_BACKSTOP_SECONDS, **READ_OPTIONS)
+@task(
+    name="fetch-generations",
+    task_run_name=names.fetch_many_name,
+    tags=[names.RUN_TAG],
+    timeout_seconds=RELAY_CALL_BACKSTOP_SECONDS,
+    **READ_OPTIONS,
+)
 async def fetch_generations(
     credentials: CredentialsInput, generation_ids: list[GenerationId]
 ) -> list[Generation]:
@@ -116,10 +124,11 @@ _PAID_OPTIONS: dict[str, Any] = {
     "cache_key_fn": _paid_cache_key,
     "persist_result": True,
     "cache_expiration": timedelta(days=30),
+    "tags": [names.RUN_TAG],
 }
 
 
-@task(name="submit-generation", **_PAID_OPTIONS)
+@task(name="submit-generation", task_run_name=names.submit_name, **_PAID_OPTIONS)
 async def submit_generation(
     credentials: CredentialsInput,
     request: GenerationRequest,
@@ -154,7 +163,7 @@ async def submit_generation(
     return generation
 
 
-@task(name="extend-generation", **_PAID_OPTIONS)
+@task(name="extend-generation", task_run_name=names.extend_name, **_PAID_OPTIONS)
 async def extend_generation(
     credentials: CredentialsInput,
     generation_id: GenerationId,

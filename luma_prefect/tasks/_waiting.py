@@ -6,24 +6,27 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from prefect import get_run_logger, task
-from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
 
 from luma_prefect._exceptions import (
     LumaError,
 )
 from luma_prefect._models import Generation, GenerationId, check_generation_id
 from luma_prefect.tasks import _common
+from luma_prefect.tasks import _names as names
 from luma_prefect.tasks._common import (
     READ_OPTIONS,
     CredentialsInput,
     StatesInput,
     client_for,
 )
+from luma_prefect.tasks._progress import WaitProgress
 from luma_prefect.wait._engine import WaitSettings, normalise_states
 from luma_prefect.wait._engine import wait_for_generations as _wait_engine
 
 
-@task(name="wait-for-generation", task_run_name="wait-for-{generation_id}", **READ_OPTIONS)
+@task(
+    name="wait-for-generation", task_run_name=names.wait_name, tags=[names.RUN_TAG], **READ_OPTIONS
+)
 async def wait_for_generation(
     credentials: CredentialsInput,
     generation_id: GenerationId,
@@ -31,14 +34,16 @@ async def wait_for_generation(
     timeout_seconds: float = 1800.0,
     poll_interval_seconds: float = 5.0,
     max_poll_interval_seconds: float = 30.0,
-    progress_artifact: bool = False,
+    progress_artifact: bool = True,
 ) -> Generation:
     """Wait, in one task run, until the generation reaches a state in `until`.
 
     Raises `LumaGenerationFailed` when it fails (and `failed` is not in `until`),
     `LumaWaitTimeout` (with the last generation seen) past the deadline, `LumaAuthError` at
     once on a refused key. Relay hiccups (5xx, timeouts, malformed answers, a 404 right after
-    submit) are absorbed inside the wait.
+    submit) are absorbed inside the wait. With `progress_artifact` (the default) a progress
+    artifact shows the state, the time waited and the relay's estimate, updated on each
+    state change and otherwise at most every 10 s.
 
     Example:
         ```python
@@ -64,7 +69,12 @@ async def wait_for_generation(
     return outcome
 
 
-@task(name="wait-for-generations", **READ_OPTIONS)
+@task(
+    name="wait-for-generations",
+    task_run_name=names.wait_many_name,
+    tags=[names.RUN_TAG],
+    **READ_OPTIONS,
+)
 async def wait_for_generations(
     credentials: CredentialsInput,
     generation_ids: list[GenerationId],
@@ -75,7 +85,7 @@ async def wait_for_generations(
     batch_size: int = 50,
     return_exceptions: bool = False,
     return_when: Literal["all", "first"] = "all",
-    progress_artifact: bool = False,
+    progress_artifact: bool = True,
 ) -> list[Generation | LumaError | None]:
     """Wait for many generations at once, in one task run, polling them through the batch
     route (about `ceil(N / batch_size)` requests a round instead of N).
@@ -85,6 +95,7 @@ async def wait_for_generations(
     first error (in the order asked) is raised once every id is settled.
     With `return_when="first"` it returns as soon as any id settled, with `None` for the
     ids still waiting: process the settled ones and wait again for the rest.
+    With `progress_artifact` (the default) a progress artifact shows how many settled.
 
     Example:
         ```python
@@ -132,23 +143,25 @@ async def _wait(
         max_poll_interval_seconds=max(max_poll_interval_seconds, poll_interval_seconds),
     )
     logger = get_run_logger()
-    on_progress = None
-    if progress_artifact:
-        artifact_id = await acreate_progress_artifact(
-            progress=0.0, description=f"Waiting for {len(ids)} Luma generation(s)."
-        )
-
-        async def on_progress(done: int, total: int) -> None:
-            await aupdate_progress_artifact(artifact_id, progress=100.0 * done / max(total, 1))
-
-    async with await client_for(credentials, **client_options) as client:
-        results = await _wait_engine(
-            client,
-            ids,
-            settings,
-            clock=_common.wait_clock,
-            logger=logger,
-            on_progress=on_progress,
-            return_when=return_when,
-        )
+    clock = _common.wait_clock
+    progress = WaitProgress(ids, clock.monotonic) if progress_artifact else None
+    if progress is not None:
+        await progress.start()
+    try:
+        async with await client_for(credentials, **client_options) as client:
+            results = await _wait_engine(
+                client,
+                ids,
+                settings,
+                clock=clock,
+                logger=logger,
+                on_round=progress.round if progress is not None else None,
+                return_when=return_when,
+            )
+    except Exception as exc:
+        if progress is not None:
+            await progress.fail(exc)
+        raise
+    if progress is not None:
+        await progress.finish(results)
     return [results.get(i) for i in ids]

@@ -30,7 +30,14 @@ from luma_prefect._retry import RetryPolicy
 from luma_prefect.relay._client import LumaClient
 from luma_prefect.wait._settings import Clock, SystemClock, WaitSettings, normalise_states
 
-__all__ = ["Clock", "SystemClock", "WaitSettings", "normalise_states", "wait_for_generations"]
+__all__ = [
+    "Clock",
+    "SystemClock",
+    "WaitRound",
+    "WaitSettings",
+    "normalise_states",
+    "wait_for_generations",
+]
 
 # A failed round of polling that may pass: absorbed by the error budget.
 _TRANSIENT = (LumaServerError, LumaTransportError, LumaProtocolError, LumaRateLimitError)
@@ -39,6 +46,25 @@ _LOG_EACH_ID_UP_TO = 25
 
 
 ProgressCallback = Callable[[int, int], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class WaitRound:
+    """What one answered round of polling saw, for progress displays."""
+
+    elapsed: float
+    total: int
+    settled: int
+    changed: bool
+    # Ids still waiting, by state ("not seen yet" before the relay first answered).
+    waiting: dict[str, int]
+    # The relay's smallest estimate of the time left, when it gives one.
+    estimate_seconds: float | None
+    # The last answer about the one id waited for (None on batches).
+    last: Generation | None
+
+
+RoundCallback = Callable[[WaitRound], Awaitable[None]]
 _T = TypeVar("_T")
 
 
@@ -60,10 +86,13 @@ async def wait_for_generations(
     clock: Clock | None = None,
     logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
     on_progress: ProgressCallback | None = None,
+    on_round: RoundCallback | None = None,
     return_when: Literal["all", "first"] = "all",
 ) -> dict[str, Generation | LumaError]:
     """Poll until every id reached a state in `settings.until`, failed, or ran out of time.
 
+    `on_progress(settled, total)` is awaited when an id changed state or settled;
+    `on_round(WaitRound)` after every answered round (a progress display throttles it).
     With `return_when="first"` it returns after the first round in which any id settled,
     with only the settled ids: callers process those and wait again for the rest.
 
@@ -124,6 +153,8 @@ async def wait_for_generations(
                     await on_progress(len(results), len(ids))
             if not log_each and changed:
                 log.info(_summary(pending, results, elapsed))
+            if on_round is not None:
+                await on_round(_round(pending, results, len(ids), elapsed, changed))
         if not pending or (return_when == "first" and results):
             break
         if last_round:
@@ -348,6 +379,34 @@ def _log_change(
         generation.state.value,
         was,
         elapsed,
+    )
+
+
+def _round(
+    pending: dict[str, _Tracked],
+    results: dict[str, Generation | LumaError],
+    total: int,
+    elapsed: float,
+    changed: bool,
+) -> WaitRound:
+    waiting: dict[str, int] = {}
+    for tracked in pending.values():
+        state = tracked.last.state.value if tracked.last else "not seen yet"
+        waiting[state] = waiting.get(state, 0) + 1
+    estimates = [
+        t.last.estimate_wait_seconds
+        for t in pending.values()
+        if t.last is not None and t.last.estimate_wait_seconds is not None
+    ]
+    only = next(iter(pending.values())) if total == 1 and pending else None
+    return WaitRound(
+        elapsed=elapsed,
+        total=total,
+        settled=len(results),
+        changed=changed,
+        waiting=waiting,
+        estimate_seconds=min(estimates) if estimates else None,
+        last=only.last if only else None,
     )
 
 

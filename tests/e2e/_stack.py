@@ -369,7 +369,8 @@ def _simulator_url(simulator: Child) -> str | None:
     return found.group(1) if found else None
 
 
-async def start_stack(processes: Processes, tmp: Path) -> Stack:
+async def start_stack(processes: Processes, tmp: Path, ui: bool = False) -> Stack:
+    """Server, simulator, blocks and serve.py; `ui` serves Prefect's UI too (ui-check)."""
     prefect_cli = command("prefect")
     assert prefect_cli is not None
     home = tmp / "prefect-home"
@@ -377,6 +378,8 @@ async def start_stack(processes: Processes, tmp: Path) -> Stack:
     env = _child_env(home)
     port = _free_port()
     api_url = f"http://127.0.0.1:{port}/api"
+    if ui:
+        env.update(PREFECT_UI_ENABLED="true", PREFECT_UI_API_URL=api_url)
     server = processes.start(
         "prefect-server",
         [prefect_cli, "server", "start", "--host", "127.0.0.1", "--port", str(port)],

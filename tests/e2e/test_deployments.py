@@ -74,9 +74,12 @@ async def test_generate_video_deployment_run_publishes_files_artifact_and_events
         artifacts = await client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
         )
-    summaries = [a for a in artifacts if (a.key or "").startswith("luma-generation-")]
+    # One key per flow and deployment (here both are generate-video), the id described.
+    summaries = [a for a in artifacts if a.key == "luma-generate-video"]
     assert len(summaries) == 1, [(a.key, a.type) for a in artifacts]
     assert summaries[0].type == "markdown"
+    assert generation_id in (summaries[0].description or "")
+    assert "![thumbnail](data:image/jpeg;base64," in str(summaries[0].data)
 
     after = stack.counters()
     assert after["submits_accepted"] - before["submits_accepted"] == 1

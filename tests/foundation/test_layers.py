@@ -36,6 +36,7 @@ PARTS: dict[str, str] = {
     "luma_prefect.tasks": "tasks",
     "luma_prefect.flows": "flows",
     "luma_prefect.cli": "cli",
+    "luma_prefect.fleet": "cli",
     # The command line's private Prefect home: used by it alone.
     "luma_prefect._prefect_home": "cli",
     "luma_prefect.simulator": "simulator",

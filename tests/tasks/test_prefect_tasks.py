@@ -120,7 +120,7 @@ async def test_a_long_wait_is_one_task_run(
     assert polls >= 30  # 180 s at 5 s a poll
     runs = await task_runs_of(flow_run_id_of(state))
     assert len(runs) == 1
-    assert runs[0].name == f"wait-for-{gid}"
+    assert runs[0].name == f"wait {gid[:8]}"
     assert runs[0].state is not None and runs[0].state.is_completed()
     assert runs[0].run_count == 1
 

@@ -1,0 +1,320 @@
+"""`make ui-check`: the Prefect UI as a user sees it, in a real headless browser.
+
+Starts a Prefect server (with its UI), the relay simulator and `deployments/serve.py`
+(`_stack.py`, as the e2e tests do), then drives Debian's Chromium through Playwright's
+Python package (never a downloaded browser build):
+
+1. every deployment's run form, screenshotted;
+2. `generate-video` started from its form (prompt typed in, Submit clicked), its run
+   caught mid-wait (progress artifact), then finished;
+3. the relay's links expired (simulator fault), then the generation artifact opened: its
+   thumbnail must load (our own inlined copy);
+4. a generation the relay fails, and its failure artifact;
+5. the credentials block's form.
+
+Screenshots land in `ui-check/` (git-ignored). Exits non-zero when a run fails, the
+thumbnail does not load, or a page does not show what it should. Not part of `make test`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from tests.e2e._stack import REPO_ROOT, SIM_KEY, Processes, Stack, eventually, start_stack
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+OUT = REPO_ROOT / "ui-check"
+PAGE_TIMEOUT_MS = 60_000
+PROMPT = "a red fox running through fresh snow at golden hour"
+DOOMED = "a doomed paper boat in a storm"
+
+
+class CheckFailed(Exception):
+    """What the check saw go wrong, in one line."""
+
+
+def ensure_chromium() -> None:
+    """Debian's chromium, installed with apt-get when missing (the script's setup step)."""
+    if Path(CHROMIUM).exists():
+        return
+    if os.geteuid() != 0:
+        raise CheckFailed(f"{CHROMIUM} is missing: run `apt-get install -y chromium` as root.")
+    print("Installing Debian's chromium (apt-get) ...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env)
+
+
+async def shot(page: Any, name: str) -> Path:
+    path = OUT / f"{name}.png"
+    await page.screenshot(path=str(path), full_page=True)
+    print(f"  screenshot {path.relative_to(REPO_ROOT)}", flush=True)
+    return path
+
+
+async def deployment_ids(stack: Stack) -> dict[str, str]:
+    async with stack.client() as client:
+        return {d.name: str(d.id) for d in await client.read_deployments()}
+
+
+async def newest_run_of(stack: Stack, deployment_id: str, after: float) -> Any:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async def probe() -> Any:
+        async with stack.client() as client:
+            runs = await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+                sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+                limit=1,
+            )
+        return runs[0] if runs and runs[0].created.timestamp() >= after else None
+
+    return await eventually(probe, "the flow run started from the form", 60.0, 0.5)
+
+
+async def artifacts_of(stack: Stack, flow_run_id: Any) -> list[Any]:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async with stack.client() as client:
+        return await client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+
+
+async def check_forms(page: Any, ui: str, deployments: dict[str, str]) -> None:
+    """Every deployment's run form: text fields and choices, no `None` toggles."""
+    for number, name in enumerate(
+        ("generate-video", "generate-videos", "collect-generations", "collect-pending"), start=1
+    ):
+        await page.goto(f"{ui}/deployments/deployment/{deployments[name]}/run")
+        await page.get_by_text("Parameters").first.wait_for()
+        await page.get_by_role("button", name="Submit").wait_for()
+        await page.wait_for_timeout(1500)  # the schema form renders after the deployment loads
+        if name == "generate-video":
+            text = await page.locator("main").inner_text()
+            for expected in ("known values", "other value", "relay's default"):
+                if expected not in text:
+                    raise CheckFailed(f"the generate-video form does not show {expected!r}")
+            if 'Property is type "None"' in text:
+                raise CheckFailed("the generate-video form still shows a None toggle")
+        if name == "generate-videos":
+            # One request added, to show what an item starts with.
+            with contextlib.suppress(Exception):
+                await page.get_by_role("button", name=re.compile("add item", re.I)).first.click()
+                await page.wait_for_timeout(800)
+        await shot(page, f"01-form-{number}-{name}")
+
+
+async def run_from_form(page: Any, stack: Stack, ui: str, deployments: dict[str, str]) -> Any:
+    """Start generate-video from its form, catch it mid-wait, let it finish."""
+    started = time.time() - 1
+    await page.goto(f"{ui}/deployments/deployment/{deployments['generate-video']}/run")
+    prompt = page.get_by_label(re.compile(r"^prompt"))
+    await prompt.wait_for()
+    await prompt.fill(PROMPT)
+    await shot(page, "02-run-form-filled")
+    await page.get_by_role("button", name="Submit").click()
+    created = await newest_run_of(stack, deployments["generate-video"], started)
+
+    # The form gives the run a random name; the flow renames it after its prompt.
+    async def renamed() -> Any:
+        run = await stack.read_run(created.id)
+        return run if run.name.startswith(PROMPT[:20]) else None
+
+    run = await eventually(renamed, "the run named after its prompt", 120.0, 0.5, stack.report)
+    print(f"  flow run {run.id} named {run.name!r}", flush=True)
+
+    # Mid-wait: the wait's progress artifact exists and says what the relay said.
+    async def waiting() -> bool:
+        found = await artifacts_of(stack, run.id)
+        return any(a.type == "progress" and "is processing" in (a.description or "") for a in found)
+
+    await eventually(waiting, "the wait's progress artifact", 120.0, 0.5, stack.report)
+    await page.goto(f"{ui}/runs/flow-run/{run.id}")
+    await page.get_by_text(run.name).first.wait_for()
+    await page.wait_for_timeout(2500)
+    await shot(page, "03-run-waiting")
+    with contextlib.suppress(Exception):
+        await page.get_by_role("tab", name=re.compile("artifacts", re.I)).first.click()
+        await page.wait_for_timeout(1500)
+        await shot(page, "03-run-waiting-artifacts")
+
+    stack.advance()
+    final = await stack.wait_for_final(run.id)
+    if final.state.type.value != "COMPLETED":
+        raise CheckFailed(
+            f"the generate-video run ended {final.state.type.value}\n{stack.report()}"
+        )
+    await page.goto(f"{ui}/runs/flow-run/{run.id}")
+    await page.get_by_text(run.name).first.wait_for()
+    await page.wait_for_timeout(2500)
+    await shot(page, "04-run-finished")
+    return final
+
+
+async def check_artifact(page: Any, stack: Stack, ui: str, run: Any) -> None:
+    """Expire the relay's links, then open the run's generation artifact: its image loads."""
+    markdown = [a for a in await artifacts_of(stack, run.id) if a.type == "markdown"]
+    if not markdown:
+        raise CheckFailed("the finished run has no generation artifact")
+    artifact = markdown[0]
+    (record,) = [
+        r
+        for r in stack.ledger_records(stack.destination)
+        if (r.get("request") or {}).get("prompt") == PROMPT
+    ]
+    answer = httpx.get(
+        f"{stack.sim_url}/luma/generations/{record['generation_id']}",
+        headers={"Authorization": f"Bearer {SIM_KEY}"},
+    ).json()
+    relay_link = answer["thumbnail"]["url"]
+    if httpx.get(relay_link).status_code != 200:
+        raise CheckFailed("the relay's thumbnail link did not work before it expired")
+    stack.add_fault(kind="expired_link")
+    if httpx.get(relay_link).status_code != 403:
+        raise CheckFailed("the simulator did not expire the relay's links")
+    await page.goto(f"{ui}/artifacts/artifact/{artifact.id}")
+    image = page.locator("img[alt=thumbnail]").first
+    await image.wait_for()
+    loaded = await image.evaluate("img => img.complete && img.naturalWidth > 0")
+    source = await image.get_attribute("src") or ""
+    await page.wait_for_timeout(1000)
+    await shot(page, "05-artifact")
+    if not loaded:
+        raise CheckFailed(f"the artifact's thumbnail did not load (src {source[:40]}...)")
+    if not source.startswith("data:image/"):
+        raise CheckFailed(f"the artifact's thumbnail is not our own copy: {source[:80]}")
+    print(f"  thumbnail loaded ({source[:23]}...) after the relay's links expired", flush=True)
+    await page.goto(f"{ui}/artifacts/key/{artifact.key}")
+    await page.wait_for_timeout(2500)
+    await shot(page, "06-artifact-key")
+
+
+async def check_failure(page: Any, stack: Stack, ui: str, deployments: dict[str, str]) -> None:
+    """A generation the relay fails: the run fails, and its artifact says why and what next."""
+    stack.add_fault(kind="fail_generation", prompt_contains="doomed")
+    run_id = await stack.run_deployment("generate-video/generate-video", prompt=DOOMED)
+
+    async def submitted() -> bool:
+        return any(
+            (r.get("request") or {}).get("prompt") == DOOMED
+            for r in stack.ledger_records(stack.destination)
+        )
+
+    await eventually(submitted, "the doomed generation's submit", 120.0, 0.5, stack.report)
+    stack.advance()
+    final = await stack.wait_for_final(run_id)
+    if final.state.type.value != "FAILED":
+        raise CheckFailed(f"the doomed run ended {final.state.type.value}, not FAILED")
+    failures = [
+        a
+        for a in await artifacts_of(stack, run_id)
+        if a.type == "markdown" and "What to do next" in str(a.data)
+    ]
+    if not failures:
+        raise CheckFailed("the failed run left no failure artifact")
+    await page.goto(f"{ui}/artifacts/artifact/{failures[0].id}")
+    await page.get_by_text("What to do next").first.wait_for()
+    await page.wait_for_timeout(1000)
+    await shot(page, "07-failure-artifact")
+    await page.goto(f"{ui}/runs/flow-run/{run_id}")
+    await page.wait_for_timeout(2500)
+    await shot(page, "08-failed-run")
+
+
+async def check_block(page: Any, stack: Stack, ui: str) -> None:
+    async with stack.client() as client:
+        block = await client.read_block_document_by_name(
+            "luma-relay", block_type_slug="luma-relay-credentials"
+        )
+    await page.goto(f"{ui}/blocks/block/{block.id}/edit")
+    await page.get_by_text("Base URL").first.wait_for()
+    await page.wait_for_timeout(1500)
+    await shot(page, "09-block-form")
+    await page.goto(f"{ui}/blocks/catalog/luma-relay-credentials")
+    await page.wait_for_timeout(2500)
+    await shot(page, "10-block-catalog")
+
+
+async def run_check(tmp: Path) -> None:
+    from playwright.async_api import async_playwright
+
+    processes = Processes(logs=tmp)
+    try:
+        print("Starting the Prefect server (UI on), the simulator and serve.py ...", flush=True)
+        stack = await start_stack(processes, tmp, ui=True)
+        ui = stack.api_url.removesuffix("/api") + "/v2"
+        print(f"  UI at {ui}", flush=True)
+        deployments = await deployment_ids(stack)
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
+            )
+            try:
+                page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.set_default_timeout(PAGE_TIMEOUT_MS)
+                print("Deployment forms ...", flush=True)
+                await check_forms(page, ui, deployments)
+                print("generate-video from its form ...", flush=True)
+                run = await run_from_form(page, stack, ui, deployments)
+                print("The artifact after the relay's links expired ...", flush=True)
+                await check_artifact(page, stack, ui, run)
+                print("A failed generation ...", flush=True)
+                await check_failure(page, stack, ui, deployments)
+                print("The credentials block ...", flush=True)
+                await check_block(page, stack, ui)
+            finally:
+                await browser.close()
+    finally:
+        processes.stop_all()
+        for proc in processes.ours():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+
+
+def main() -> int:
+    from playwright.async_api import Error as PlaywrightError
+
+    try:
+        ensure_chromium()
+    except (CheckFailed, subprocess.CalledProcessError) as exc:
+        print(f"ui-check: {exc}", file=sys.stderr)
+        return 2
+    shutil.rmtree(OUT, ignore_errors=True)
+    OUT.mkdir()
+    tmp = Path(tempfile.mkdtemp(prefix="luma-ui-check-"))
+    try:
+        asyncio.run(run_check(tmp))
+    except (CheckFailed, AssertionError, PlaywrightError) as exc:
+        print(f"ui-check FAILED: {exc}\n(logs and screenshots: {tmp}, {OUT})", file=sys.stderr)
+        return 1
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"ui-check passed: screenshots in {OUT.relative_to(REPO_ROOT)}/", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""What a user sees in the Prefect UI (issue #14): artifacts that last, progress, names,
+tags and forms. Flow runs against the simulator on loopback, on Prefect's embedded API."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import httpx
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterName,
+)
+from prefect.utilities.callables import parameter_schema
+
+from luma_prefect import GenerationRequest, LumaError
+from luma_prefect.flows import generate_video, generate_videos
+from luma_prefect.simulator import Fault, FaultKind, RelaySimulator
+from luma_prefect.tasks._progress import UPDATE_EVERY_SECONDS, WaitProgress
+from luma_prefect.wait._engine import WaitRound
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+FAST = {"poll_interval_seconds": 5.0, "max_poll_interval_seconds": 10.0}
+_IMAGE = re.compile(r"!\[thumbnail\]\(([^)]*)\)")
+
+
+async def _artifacts(key: str) -> list[Any]:
+    async with get_client() as client:
+        found = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+        )
+    return sorted(found, key=lambda a: a.created)
+
+
+async def _run_artifacts(flow_run_id: UUID) -> list[Any]:
+    async with get_client() as client:
+        return await client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+
+
+async def _flow_run(name: str) -> Any:
+    async with get_client() as client:
+        (run,) = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+        )
+    return run
+
+
+# -- artifacts that last ------------------------------------------------------------------
+
+
+async def test_the_thumbnail_still_shows_after_the_relays_link_expired(
+    sim: RelaySimulator, tmp_path: Path
+) -> None:
+    published = await generate_video(
+        prompt="a heron over a still lake",
+        credentials=sim.credentials(),
+        destination=str(tmp_path),
+        **FAST,
+    )
+    relay_link = published.downloaded.generation.thumbnail
+    assert relay_link is not None and relay_link.url
+    assert httpx.get(relay_link.url).status_code == 200
+
+    sim.add_fault(Fault(FaultKind.EXPIRED_LINK))  # every link handed out so far expires
+
+    assert httpx.get(relay_link.url).status_code == 403
+    artifact = (await _artifacts("luma-generate-video"))[-1]
+    assert published.generation_id in artifact.description
+    (src,) = _IMAGE.findall(artifact.data)
+    # The image is our own copy, inlined: it loads as long as the artifact exists.
+    assert src.startswith("data:image/jpeg;base64,")
+    thumbnail = tmp_path / published.generation_id / "thumbnail.jpg"
+    assert base64.b64decode(src.split(",", 1)[1]) == thumbnail.read_bytes()
+    assert sim.base_url not in artifact.data  # no relay link anywhere in the artifact
+
+
+async def test_files_are_named_where_they_are_not_linked_to_nowhere(
+    sim: RelaySimulator, tmp_path: Path
+) -> None:
+    published = await generate_video(
+        prompt="a lighthouse at dusk",
+        credentials=sim.credentials(),
+        destination=str(tmp_path),
+        **FAST,
+    )
+    artifact = (await _artifacts("luma-generate-video"))[-1]
+    assert published.generation_id in artifact.description
+    # A local path is plain text (escaped), never a link the browser cannot open.
+    assert "](/" not in artifact.data and "](file:" not in artifact.data
+    assert "video.mp4" in artifact.data
+
+
+async def test_a_failed_generation_leaves_an_artifact_with_the_reason_and_next_step(
+    sim: RelaySimulator, tmp_path: Path
+) -> None:
+    sim.add_fault(Fault(FaultKind.FAIL_GENERATION, prompt_contains="doomed"))
+
+    with pytest.raises(LumaError):
+        await generate_video(
+            prompt="a doomed <b>prompt</b>",
+            credentials=sim.credentials(),
+            destination=str(tmp_path),
+            **FAST,
+        )
+
+    artifact = (await _artifacts("luma-generate-video"))[-1]
+    assert "failed" in artifact.description
+    assert "What to do next" in artifact.data
+    assert "refund" in artifact.data
+    assert "<b>" not in artifact.data  # the relay's words stay escaped
+
+
+async def test_a_timed_out_generation_says_it_is_paid_and_how_to_collect_it(
+    make_sim: Any, drive_waits: Any, tmp_path: Path
+) -> None:
+    sim = make_sim(processing_seconds=3600.0)
+    drive_waits(sim)
+
+    with pytest.raises(LumaError):
+        await generate_video(
+            prompt="a slow glacier",
+            credentials=sim.credentials(),
+            destination=str(tmp_path),
+            timeout_seconds=60.0,
+            **FAST,
+        )
+
+    artifact = (await _artifacts("luma-generate-video"))[-1]
+    assert "timed out" in artifact.description
+    assert "do not start this run again" in artifact.data
+    assert "luma-prefect collect" in artifact.data
+
+
+# -- progress, names, tags ----------------------------------------------------------------
+
+
+async def test_a_run_shows_progress_short_names_and_relay_tags(
+    sim: RelaySimulator, tmp_path: Path
+) -> None:
+    published = await generate_video(
+        prompt="a red kite circling over green hills at noon",
+        credentials=sim.credentials(),
+        destination=str(tmp_path),
+        **FAST,
+    )
+    short = published.generation_id[:8]
+    run = await _flow_run("a red kite circling over green…")
+    async with get_client() as client:
+        task_runs = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+        )
+    names = {t.name for t in task_runs}
+    assert names == {
+        "submit a red kite circling…",
+        f"wait {short}",
+        f"download {short}",
+        f"publish {short}",
+    }
+    relay_tag = f"luma-relay:127.0.0.1:{sim.base_url.rsplit(':', 1)[1]}"
+    for task_run in task_runs:
+        assert {"luma", relay_tag} <= set(task_run.tags), task_run.name
+
+    progress = [a for a in await _run_artifacts(run.id) if a.type == "progress"]
+    assert sorted(a.description.split(" ")[0] for a in progress) == ["Download", "Generation"]
+    assert all(a.data == 100.0 for a in progress)
+    wait = next(a for a in progress if a.description.startswith("Generation"))
+    assert "completed after" in wait.description
+
+
+async def test_a_batch_shows_done_of_total(sim: RelaySimulator, tmp_path: Path) -> None:
+    sim.add_fault(Fault(FaultKind.FAIL_GENERATION, prompt_contains="doomed"))
+    requests = [GenerationRequest(prompt=p) for p in ("a cat", "a dog", "a doomed cow")]
+
+    outcomes = await generate_videos(
+        requests,
+        credentials=sim.credentials(),
+        destination=str(tmp_path),
+        fail_when="never",
+        **FAST,
+    )
+
+    assert sorted(o.status for o in outcomes) == ["failed", "published", "published"]
+    run = await _flow_run("3 videos: a cat")
+    artifacts = await _run_artifacts(run.id)
+    (batch,) = [
+        a for a in artifacts if a.type == "progress" and "generations done" in a.description
+    ]
+    assert batch.data == 100.0
+    assert batch.description.startswith("3 of 3 generations done")
+    assert "1 failed" in batch.description and "2 published" in batch.description
+    failures = [a for a in artifacts if a.type == "markdown" and "What to do next" in a.data]
+    assert len(failures) == 1 and "a doomed cow" in failures[0].data
+
+
+async def test_progress_updates_are_bounded_while_nothing_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import prefect.artifacts
+
+    now = [0.0]
+    updates: list[str] = []
+
+    async def update(artifact_id: UUID, progress: float, description: str) -> UUID:
+        updates.append(description)
+        return artifact_id
+
+    monkeypatch.setattr(prefect.artifacts, "aupdate_progress_artifact", update)
+    progress = WaitProgress(["4665a07c-7641-4809-a133-10786201bb56"], lambda: now[0])
+    progress.display.artifact_id = UUID(int=1)  # as if created at t=0
+    for second in range(1, 121):  # two minutes of polls a second apart
+        now[0] = float(second)
+        changed = second in (1, 50)  # two state changes
+        await progress.round(WaitRound(second, 1, 0, changed, {"processing": 1}, None, None))
+
+    # Each change at once; else one update per UPDATE_EVERY_SECONDS (t = 1, 11, ... 41,
+    # 50, 60, ... 120): 13 updates for 120 polls.
+    assert UPDATE_EVERY_SECONDS == 10.0
+    assert len(updates) == 13
+    assert "waited 2 min 0 s" in updates[-1]
+
+
+# -- forms --------------------------------------------------------------------------------
+
+
+def test_the_run_form_offers_text_and_known_values_not_none_toggles() -> None:
+    schema = parameter_schema(generate_video).model_dump_for_openapi()
+    fields = schema["properties"]
+    assert fields["prompt"]["type"] == "string" and fields["prompt"]["default"] == ""
+    assert "relay" in fields["model"]["description"]
+    for name, known in (("model", "ray-v2"), ("resolution", "1080p"), ("duration", "5s")):
+        choices = fields[name]["anyOf"]
+        assert [c["title"] for c in choices] == ["known values", "other value"]
+        assert known in choices[0]["enum"] and "" in choices[0]["enum"]
+        assert fields[name]["default"] == ""
+    for name in ("prompt", "image_url", "model", "resolution", "duration", "idempotency_key"):
+        assert "null" not in str(fields[name]), name
+    # The items of generate-videos start as an empty text prompt, not None.
+    item = parameter_schema(generate_videos).model_dump_for_openapi()["definitions"][
+        "GenerationRequest"
+    ]["properties"]
+    assert item["prompt"] == {**item["prompt"], "type": "string", "default": ""}
+    assert item["model"]["default"] == ""
+
+
+async def test_python_callers_may_still_pass_none_and_the_form_may_send_empty_strings(
+    sim: RelaySimulator, tmp_path: Path
+) -> None:
+    request = GenerationRequest(prompt="a fox", model="", resolution="", duration="")
+    assert request == GenerationRequest(prompt="a fox", model=None)
+    assert request.to_wire("generations") == {"user_prompt": "a fox", "aspect_ratio": "16:9"}
+    published = await generate_video(
+        prompt="a fox",
+        model=None,
+        image_url=None,
+        credentials=sim.credentials(),
+        destination=str(tmp_path),
+        **FAST,
+    )
+    assert published.downloaded.generation.prompt == "a fox"
