@@ -162,5 +162,5 @@ async def test_requests_to_one_relay_never_exceed_its_global_concurrency_limit(
             task_run_filter=TaskRunFilter(tags=TaskRunFilterTags(all_=["luma", name])), limit=200
         )
     names = [t.name for t in tagged]
-    assert sum(n.startswith("submit-generation") for n in names) == 7, names
-    assert sum(n.startswith("wait-for") for n in names) == 7, names
+    assert sum(n.startswith("submit ") for n in names) == 7, names
+    assert sum(n.startswith("wait ") for n in names) == 7, names
