@@ -35,7 +35,7 @@ from ._postgres import PostgresStack
 from ._stack import REPO_ROOT, Processes, _simulator_url, command, eventually
 
 # 16 minutes measured on this 2-core machine under heavy load: a step of its own,
-# `make test-scale`, which CI runs after `make test`.
+# `make test-scale`, kept out of `make test`.
 pytestmark = pytest.mark.scale
 
 RUNS = 100
