@@ -33,6 +33,8 @@ _YES, _NO = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 # Prefect's block schema takes only absolute http(s) URLs for both (pydantic HttpUrl: a
 # data: URI or a relative link fails at save time). Both point into this project's
 # repository: the logo is docs/logo.png, the docs are the README's block section.
+# The project has no public address yet: PROJECT_URL is a placeholder to set when it has one
+# (until then the UI shows no logo, and the docs link leads nowhere).
 PROJECT_URL = "https://github.com/luma-prefect/luma-prefect"
 LOGO_URL = "https://raw.githubusercontent.com/luma-prefect/luma-prefect/main/docs/logo.png"
 DOCUMENTATION_URL = f"{PROJECT_URL}#the-lumarelaycredentials-block"
