@@ -31,12 +31,18 @@ ENV_ALLOW_PRIVATE = "LUMA_RELAY_ALLOW_PRIVATE_MEDIA_HOSTS"
 _YES, _NO = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 # Prefect's block schema takes only absolute http(s) URLs for both (pydantic HttpUrl: a
-# data: URI or a relative link fails at save time). Both point into this project's
-# repository: the logo is docs/logo.png, the docs are the README's block section.
-# The project has no public address yet: PROJECT_URL is a placeholder to set when it has one
-# (until then the UI shows no logo, and the docs link leads nowhere).
+# data: URI or a relative link fails at save time), so both point into this project's
+# repository: the logo is the file LOGO_PATH as GitHub serves it raw (with an image content
+# type, which a github.com/.../blob/ page is not), the docs are the README's block section.
+# The project has no public address yet: PROJECT_URL is a placeholder to set when it has one;
+# both URLs follow it. Until then the UI shows a broken logo and the docs link leads nowhere
+# (`make ui-check` serves LOGO_URL from the repository's file to check the rest).
 PROJECT_URL = "https://github.com/luma-prefect/luma-prefect"
-LOGO_URL = "https://raw.githubusercontent.com/luma-prefect/luma-prefect/main/docs/logo.png"
+LOGO_PATH = "docs/logo.png"
+LOGO_URL = (
+    PROJECT_URL.replace("https://github.com/", "https://raw.githubusercontent.com/", 1)
+    + f"/main/{LOGO_PATH}"
+)
 DOCUMENTATION_URL = f"{PROJECT_URL}#the-lumarelaycredentials-block"
 
 
@@ -48,14 +54,18 @@ class LumaRelayCredentials(CredentialsBlock):
     free read.
 
     Example:
-        Load saved credentials in sync code (in async code, `load` returns a coroutine:
-        use `await LumaRelayCredentials.aload("BLOCK_NAME")` there):
+        In sync code `load`, in async code `await aload` (there `load` returns a coroutine):
         ```python
-        import asyncio
         from luma_prefect import LumaRelayCredentials
 
+        # Sync code (a script, a sync flow or task):
         credentials = LumaRelayCredentials.load("BLOCK_NAME")
         print(credentials.check())  # OK: https://... answers the generations style ...
+
+        # Async code (an async flow or task): the same block, loaded with aload.
+        async def check_relay(block_name: str) -> None:
+            credentials = await LumaRelayCredentials.aload(block_name)
+            print(await credentials.acheck())
         ```
 
         Query a generation from async code (an async flow or task, or `asyncio.run`):
@@ -66,9 +76,9 @@ class LumaRelayCredentials(CredentialsBlock):
 
         async def main() -> None:
             credentials = await LumaRelayCredentials.aload("BLOCK_NAME")
-            print(await credentials.acheck())
             async with credentials.get_client() as client:
                 generation = await client.get_generation("4665a07c-7641-4809-a133-10786201bb56")
+                print(generation.state)
 
         asyncio.run(main())
         ```

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import struct
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from prefect.blocks.core import Block
 from prefect.testing.standard_test_suites import BlockStandardTestSuite
 
 from luma_prefect import LumaRelayCredentials
+
+REPO_ROOT = Path(__file__).parents[2]
 
 
 class TestLumaRelayCredentialsStandards(BlockStandardTestSuite):
@@ -37,13 +40,17 @@ def test_field_titles_read_as_written() -> None:
 
 
 def test_logo_is_the_square_png_in_the_repository() -> None:
-    """What Prefect's image test checks (square, 46-999 px), on our copy of the logo: the
-    URL itself needs the network, and Pillow is not installed."""
-    from luma_prefect.credentials import LOGO_URL
+    """What Prefect's image test checks (square, 46-999 px), on the file the logo URL serves
+    once the repository is published: the URL itself needs the network, and Pillow is not
+    installed."""
+    from luma_prefect.credentials import LOGO_PATH, LOGO_URL, PROJECT_URL
 
-    logo = Path(__file__).parents[2] / "docs" / "logo.png"
-    assert LOGO_URL.endswith("/main/docs/logo.png")
-    header = logo.read_bytes()[:24]
+    owner_and_name = PROJECT_URL.removeprefix("https://github.com/")
+    raw = f"https://raw.githubusercontent.com/{owner_and_name}/main/{LOGO_PATH}"
+    assert raw == LOGO_URL
+    assert LumaRelayCredentials._logo_url is not None
+    assert str(LumaRelayCredentials._logo_url) == LOGO_URL
+    header = (REPO_ROOT / LOGO_PATH).read_bytes()[:24]
     assert header[:8] == b"\x89PNG\r\n\x1a\n" and header[12:16] == b"IHDR"
     width, height = struct.unpack(">II", header[16:24])
     assert width == height and 45 < width < 1000
@@ -56,8 +63,29 @@ def test_logo_and_documentation_urls_are_accepted_by_prefect() -> None:
     assert str(block_type.documentation_url).endswith("#the-lumarelaycredentials-block")
 
 
-def test_code_example_shows_sync_and_async_loading() -> None:
+def _github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a README heading: lower case, punctuation dropped, '-' for ' '."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_documentation_link_leads_to_the_readmes_block_section() -> None:
+    from luma_prefect.credentials import DOCUMENTATION_URL, PROJECT_URL
+
+    page, _, anchor = DOCUMENTATION_URL.partition("#")
+    assert page == PROJECT_URL
+    headings = re.findall(r"^#+ (.+)$", (REPO_ROOT / "README.md").read_text(), re.MULTILINE)
+    assert anchor in [_github_anchor(h) for h in headings]
+
+
+def test_the_example_the_ui_shows_loads_the_block_sync_and_async() -> None:
+    """Prefect's UI shows only the first ```python block of the example, with the block's
+    name put in place of the first "BLOCK_NAME" only: that block has both ways, and the
+    placeholder once (a second one would reach the user as a literal "BLOCK_NAME")."""
     example = LumaRelayCredentials.get_code_example() or ""
-    assert 'LumaRelayCredentials.load("BLOCK_NAME")' in example
-    assert 'await LumaRelayCredentials.aload("BLOCK_NAME")' in example
-    assert "await credentials.acheck()" in example
+    shown = re.search(r"```python([\s\S]*?)```", example)
+    assert shown is not None
+    snippet = shown.group(1)
+    assert snippet.count("BLOCK_NAME") == 1
+    assert 'credentials = LumaRelayCredentials.load("BLOCK_NAME")' in snippet
+    assert "await LumaRelayCredentials.aload(" in snippet
+    assert "await credentials.acheck()" in snippet
