@@ -63,7 +63,7 @@ class LumaRelayCredentials(CredentialsBlock):
         print(credentials.check())  # OK: https://... answers the generations style ...
 
         # Async code (an async flow or task): the same block, loaded with aload.
-        async def check_relay(block_name: str) -> None:
+        async def check_relay(block_name: str):
             credentials = await LumaRelayCredentials.aload(block_name)
             print(await credentials.acheck())
         ```

@@ -10,10 +10,15 @@ Python package (never a downloaded browser build):
 3. the relay's links expired (simulator fault), then the generation artifact opened: its
    thumbnail must load (our own inlined copy);
 4. a generation the relay fails, and its failure artifact;
-5. the credentials block's form.
+5. the credentials block: its page (example, docs link), form and catalog card, logo loaded.
+
+This machine is offline, so the block's logo URL (the repository's docs/logo.png as GitHub
+will serve it) is answered by the browser from that same file (`serve_logo`).
 
 Screenshots land in `ui-check/` (git-ignored). Exits non-zero when a run fails, the
-thumbnail does not load, or a page does not show what it should. Not part of `make test`.
+thumbnail or the logo does not load, or a page does not show what it should; problems that
+do not stop the walk-through (a form's `None` toggle) are listed at the end, and fail too.
+Not part of `make test`.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any
 import httpx
 import psutil
 
+from luma_prefect.credentials import DOCUMENTATION_URL, LOGO_PATH, LOGO_URL
 from tests.e2e._stack import REPO_ROOT, SIM_KEY, Processes, Stack, eventually, start_stack
 
 CHROMIUM = "/usr/bin/chromium"
@@ -51,8 +57,31 @@ PROMPT = "a red fox running through fresh snow at golden hour"
 DOOMED = "a doomed paper boat in a storm"
 
 
+# Whether an <img> shows: waits for it to finish loading, then asks for its decoded width.
+IMAGE_LOADED = """img => img.complete ? img.naturalWidth > 0 : new Promise(done => {
+    img.addEventListener("load", () => done(img.naturalWidth > 0));
+    img.addEventListener("error", () => done(false));
+})"""
+
+
 class CheckFailed(Exception):
     """What the check saw go wrong, in one line."""
+
+
+async def serve_logo(route: Any) -> None:
+    """The block's logo URL answered from the repository's file: this machine is offline, and
+    the URL is where GitHub serves that file once the repository is published."""
+    await route.fulfill(path=str(REPO_ROOT / LOGO_PATH), content_type="image/png")
+
+
+async def image_loads(page: Any, selector: str, what: str) -> str:
+    """The first image matching `selector` loaded (else CheckFailed); its src."""
+    image = page.locator(selector).first
+    await image.wait_for()
+    source = await image.get_attribute("src") or ""
+    if not await image.evaluate(IMAGE_LOADED):
+        raise CheckFailed(f"{what} did not load (src {source[:60]})")
+    return source
 
 
 def ensure_chromium() -> None:
@@ -104,7 +133,7 @@ async def artifacts_of(stack: Stack, flow_run_id: Any) -> list[Any]:
         )
 
 
-async def check_forms(page: Any, ui: str, deployments: dict[str, str]) -> None:
+async def check_forms(page: Any, ui: str, deployments: dict[str, str], problems: list[str]) -> None:
     """Every deployment's run form: text fields and choices, no `None` toggles."""
     for number, name in enumerate(
         ("generate-video", "generate-videos", "collect-generations", "collect-pending"), start=1
@@ -118,14 +147,22 @@ async def check_forms(page: Any, ui: str, deployments: dict[str, str]) -> None:
             for expected in ("known values", "other value", "relay's default"):
                 if expected not in text:
                     raise CheckFailed(f"the generate-video form does not show {expected!r}")
-            if 'Property is type "None"' in text:
-                raise CheckFailed("the generate-video form still shows a None toggle")
         if name == "generate-videos":
             # One request added, to show what an item starts with.
             with contextlib.suppress(Exception):
                 await page.get_by_role("button", name=re.compile("add item", re.I)).first.click()
                 await page.wait_for_timeout(800)
         await shot(page, f"01-form-{number}-{name}")
+        if 'Property is type "None"' in await page.locator("main").inner_text():
+            problems.append(f"the {name} form shows a None toggle ('Property is type \"None\"')")
+        if name == "generate-video":
+            # The first choice list is the model's: open it to show the known values.
+            await page.get_by_role("button", name="Select known values").first.click()
+            options = await page.get_by_role("option").all_inner_texts()
+            if not {"ray-v2", "ray-v1", "ray-2"} <= set(options):
+                raise CheckFailed(f"the model's choices are {options}, not the known models")
+            await shot(page, "01-form-1-generate-video-model-choices")
+            await page.keyboard.press("Escape")
 
 
 async def run_from_form(page: Any, stack: Stack, ui: str, deployments: dict[str, str]) -> Any:
@@ -161,6 +198,15 @@ async def run_from_form(page: Any, stack: Stack, ui: str, deployments: dict[str,
         await page.get_by_role("tab", name=re.compile("artifacts", re.I)).first.click()
         await page.wait_for_timeout(1500)
         await shot(page, "03-run-waiting-artifacts")
+    progress = next(
+        a
+        for a in await artifacts_of(stack, run.id)
+        if a.type == "progress" and "is processing" in (a.description or "")
+    )
+    await page.goto(f"{ui}/artifacts/artifact/{progress.id}")
+    await page.get_by_text("is processing").first.wait_for()
+    await page.wait_for_timeout(1000)
+    await shot(page, "03-progress-artifact")
 
     stack.advance()
     final = await stack.wait_for_final(run.id)
@@ -172,7 +218,27 @@ async def run_from_form(page: Any, stack: Stack, ui: str, deployments: dict[str,
     await page.get_by_text(run.name).first.wait_for()
     await page.wait_for_timeout(2500)
     await shot(page, "04-run-finished")
+    await check_task_runs(stack, run.id)
+    with contextlib.suppress(Exception):
+        await page.get_by_role("tab", name=re.compile("task runs", re.I)).first.click()
+        await page.wait_for_timeout(2000)
+        await shot(page, "04-run-finished-task-runs")
     return final
+
+
+async def check_task_runs(stack: Stack, flow_run_id: Any) -> None:
+    """Short readable names; every task run tagged `luma` and with the relay's name."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async with stack.client() as client:
+        task_runs = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    relay_tag = "luma-relay:" + stack.sim_url.split("://", 1)[1]
+    for task_run in task_runs:
+        if len(task_run.name) > 40 or not {"luma", relay_tag} <= set(task_run.tags):
+            raise CheckFailed(f"task run {task_run.name!r} has tags {task_run.tags}")
+    print(f"  task runs: {sorted(t.name for t in task_runs)}, tagged luma, {relay_tag}")
 
 
 async def check_artifact(page: Any, stack: Stack, ui: str, run: Any) -> None:
@@ -197,14 +263,10 @@ async def check_artifact(page: Any, stack: Stack, ui: str, run: Any) -> None:
     if httpx.get(relay_link).status_code != 403:
         raise CheckFailed("the simulator did not expire the relay's links")
     await page.goto(f"{ui}/artifacts/artifact/{artifact.id}")
-    image = page.locator("img[alt=thumbnail]").first
-    await image.wait_for()
-    loaded = await image.evaluate("img => img.complete && img.naturalWidth > 0")
-    source = await image.get_attribute("src") or ""
+    await page.locator("img[alt=thumbnail]").first.wait_for()
     await page.wait_for_timeout(1000)
     await shot(page, "05-artifact")
-    if not loaded:
-        raise CheckFailed(f"the artifact's thumbnail did not load (src {source[:40]}...)")
+    source = await image_loads(page, "img[alt=thumbnail]", "the artifact's thumbnail")
     if not source.startswith("data:image/"):
         raise CheckFailed(f"the artifact's thumbnail is not our own copy: {source[:80]}")
     print(f"  thumbnail loaded ({source[:23]}...) after the relay's links expired", flush=True)
@@ -246,17 +308,49 @@ async def check_failure(page: Any, stack: Stack, ui: str, deployments: dict[str,
 
 
 async def check_block(page: Any, stack: Stack, ui: str) -> None:
+    """The block's page, form and catalog card: logo loaded, docs link, a sound example."""
     async with stack.client() as client:
         block = await client.read_block_document_by_name(
             "luma-relay", block_type_slug="luma-relay-credentials"
         )
+    logo = f'img[src="{LOGO_URL}"]'
+    await page.goto(f"{ui}/blocks/block/{block.id}")
+    await page.get_by_text("Paste this snippet").first.wait_for()
+    await page.wait_for_timeout(1500)
+    await shot(page, "09-block")
+    await image_loads(page, logo, "the block's logo")
+    snippet = await page.locator("main").inner_text()
+    for expected in (
+        'LumaRelayCredentials.load("luma-relay")',
+        "await LumaRelayCredentials.aload(",
+    ):
+        if expected not in snippet:
+            raise CheckFailed(f"the block page's example lacks {expected!r}")
+    if "BLOCK_NAME" in snippet or "&gt;" in snippet:
+        raise CheckFailed("the block page's example shows a placeholder or an escaped character")
+    docs = await page.get_by_role("link", name="View Docs").first.get_attribute("href")
+    if docs != DOCUMENTATION_URL:
+        raise CheckFailed(f"the block page's docs link is {docs}, not {DOCUMENTATION_URL}")
+
     await page.goto(f"{ui}/blocks/block/{block.id}/edit")
     await page.get_by_text("Base URL").first.wait_for()
     await page.wait_for_timeout(1500)
-    await shot(page, "09-block-form")
+    await shot(page, "10-block-form")
+    await image_loads(page, logo, "the block form's logo")
+    form = await page.locator("main").inner_text()
+    for title in ("Base URL", "API key", "API style"):
+        if title not in form:
+            raise CheckFailed(f"the block form has no field titled {title!r}")
+
     await page.goto(f"{ui}/blocks/catalog/luma-relay-credentials")
-    await page.wait_for_timeout(2500)
-    await shot(page, "10-block-catalog")
+    await page.get_by_text("Example").first.wait_for()
+    await page.wait_for_timeout(1500)
+    await shot(page, "11-block-catalog")
+    await image_loads(page, logo, "the catalog card's logo")
+    docs = await page.get_by_role("link", name="Documentation").first.get_attribute("href")
+    if docs != DOCUMENTATION_URL:
+        raise CheckFailed(f"the catalog card's docs link is {docs}, not {DOCUMENTATION_URL}")
+    print(f"  logo loaded ({LOGO_URL}, served from {LOGO_PATH}); docs link {docs}", flush=True)
 
 
 async def run_check(tmp: Path) -> None:
@@ -276,8 +370,11 @@ async def run_check(tmp: Path) -> None:
             try:
                 page = await browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.set_default_timeout(PAGE_TIMEOUT_MS)
+                # Offline here: the logo's published URL is answered from the repository.
+                await page.route(LOGO_URL, serve_logo)
+                problems: list[str] = []
                 print("Deployment forms ...", flush=True)
-                await check_forms(page, ui, deployments)
+                await check_forms(page, ui, deployments, problems)
                 print("generate-video from its form ...", flush=True)
                 run = await run_from_form(page, stack, ui, deployments)
                 print("The artifact after the relay's links expired ...", flush=True)
@@ -286,6 +383,8 @@ async def run_check(tmp: Path) -> None:
                 await check_failure(page, stack, ui, deployments)
                 print("The credentials block ...", flush=True)
                 await check_block(page, stack, ui)
+                if problems:
+                    raise CheckFailed("; ".join(problems))
             finally:
                 await browser.close()
     finally:

@@ -80,7 +80,8 @@ def test_documentation_link_leads_to_the_readmes_block_section() -> None:
 def test_the_example_the_ui_shows_loads_the_block_sync_and_async() -> None:
     """Prefect's UI shows only the first ```python block of the example, with the block's
     name put in place of the first "BLOCK_NAME" only: that block has both ways, and the
-    placeholder once (a second one would reach the user as a literal "BLOCK_NAME")."""
+    placeholder once (a second one would reach the user as a literal "BLOCK_NAME"). The UI
+    escapes the snippet twice: a `->` would read `-&gt;` there."""
     example = LumaRelayCredentials.get_code_example() or ""
     shown = re.search(r"```python([\s\S]*?)```", example)
     assert shown is not None
@@ -89,3 +90,4 @@ def test_the_example_the_ui_shows_loads_the_block_sync_and_async() -> None:
     assert 'credentials = LumaRelayCredentials.load("BLOCK_NAME")' in snippet
     assert "await LumaRelayCredentials.aload(" in snippet
     assert "await credentials.acheck()" in snippet
+    assert not set(snippet) & set("<>&")
