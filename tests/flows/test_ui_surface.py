@@ -80,9 +80,29 @@ async def test_the_thumbnail_still_shows_after_the_relays_link_expired(
     (src,) = _IMAGE.findall(artifact.data)
     # The image is our own copy, inlined: it loads as long as the artifact exists.
     assert src.startswith("data:image/jpeg;base64,")
+    image = base64.b64decode(src.split(",", 1)[1], validate=True)
     thumbnail = tmp_path / published.generation_id / "thumbnail.jpg"
-    assert base64.b64decode(src.split(",", 1)[1]) == thumbnail.read_bytes()
+    assert image == thumbnail.read_bytes()
+    # A whole JPEG a browser draws: its frame header gives a size, its end marker is there
+    # (`make ui-check` shows the same artifact loading in Chromium).
+    width, height = _jpeg_size(image)
+    assert width > 0 and height > 0
     assert sim.base_url not in artifact.data  # no relay link anywhere in the artifact
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    """Width and height from a JPEG's frame header (SOFn); AssertionError if not a whole JPEG."""
+    assert data[:2] == b"\xff\xd8" and data.rstrip(b"\x00")[-2:] == b"\xff\xd9"
+    at = 2
+    while at + 4 <= len(data):
+        assert data[at] == 0xFF, f"no JPEG marker at byte {at}"
+        marker, length = data[at + 1], int.from_bytes(data[at + 2 : at + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height = int.from_bytes(data[at + 5 : at + 7], "big")
+            width = int.from_bytes(data[at + 7 : at + 9], "big")
+            return width, height
+        at += 2 + length
+    raise AssertionError("no JPEG frame header")
 
 
 async def test_files_are_named_where_they_are_not_linked_to_nowhere(
