@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -39,6 +40,7 @@ __all__ = [
     "ImageAsset",
     "ModelName",
     "Resolution",
+    "Switch",
     "VideoAsset",
 ]
 
@@ -87,6 +89,27 @@ Resolution = Annotated[str | None, _form(_ResolutionChoice)]
 """A resolution: 720p or 1080p where relays take one ("" or None: the relay's default)."""
 Duration = Annotated[str | None, _form(_DurationChoice)]
 """A duration: 5s where relays take one ("" or None: the relay's default)."""
+
+_RELAYS_DEFAULT = "relay's default"
+
+
+def _switch(value: Any) -> Any:
+    """The form's words for a three-way switch: the relay's default (None), on, off."""
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("", _RELAYS_DEFAULT):
+            return None
+        if word in ("on", "off"):
+            return word == "on"
+    return value
+
+
+Switch = Annotated[
+    bool | None,
+    BeforeValidator(_switch),
+    _form(Literal["relay's default", "on", "off"]),
+]
+"""On, off or None (the relay decides); a choice of those three words in Prefect's forms."""
 
 _EMPTY: dict[str, Any] = {"default": ""}
 _OFF: dict[str, Any] = {"default": False}
@@ -341,8 +364,10 @@ class GenerationRequest(BaseModel):
     )
     aspect_ratio: AspectRatio = Field(default="16:9", description="Frame shape of the video.")
     # Left as a three-way choice: None lets the relay decide, and its default may be True.
-    expand_prompt: bool | None = Field(
-        default=None, description="Let the service enrich the prompt (None: the relay decides)."
+    expand_prompt: Switch = Field(
+        default=None,
+        json_schema_extra={"default": _RELAYS_DEFAULT},
+        description="Let the service enrich the prompt (relay's default: the relay decides).",
     )
     # The form's False sends "loop": false, which is every relay's default anyway.
     loop: Annotated[bool | None, _form(bool)] = Field(

@@ -116,20 +116,30 @@ class LumaRelayCredentials(CredentialsBlock):
         ),
     )
     route_prefix: str = Field(
+        title="Route prefix",
         default="/luma",
         description="Path before /generations on the relay, e.g. /luma or /pro/luma.",
     )
     timeout_seconds: float = Field(
-        default=30.0, gt=0, description="Timeout of one HTTP request, in seconds."
+        title="Timeout (seconds)",
+        default=30.0,
+        gt=0,
+        description="Timeout of one HTTP request, in seconds.",
     )
     max_connections: int = Field(
-        default=20, ge=1, le=1000, description="Most connections open to the relay at once."
+        title="Max connections",
+        default=20,
+        ge=1,
+        le=1000,
+        description="Most connections open to the relay at once.",
     )
     extra_headers: SecretDict | None = Field(
+        title="Extra headers",
         default=None,
         description="Extra HTTP headers sent with every request (kept secret), if any.",
     )
     verify: bool | str = Field(
+        title="Verify TLS",
         default=True,
         description=(
             "TLS verification for the relay and media links: true (the certifi bundle, or "
@@ -137,6 +147,7 @@ class LumaRelayCredentials(CredentialsBlock):
         ),
     )
     allow_private_media_hosts: bool = Field(
+        title="Allow private media hosts",
         default=False,
         description=(
             "Fetch media links (and their redirects) that point at private, loopback or "
