@@ -338,3 +338,18 @@ class TestFingerprint:
         fingerprint = GenerationRequest(prompt="a").fingerprint()
         assert len(fingerprint) == 64
         int(fingerprint, 16)
+
+
+@pytest.mark.parametrize(
+    ("word", "value"), [("relay's default", None), ("", None), ("on", True), ("off", False)]
+)
+def test_the_forms_words_for_expand_prompt(word: str, value: bool | None) -> None:
+    """The form offers three words (no None toggle); each means what it says."""
+    assert GenerationRequest(prompt="a", expand_prompt=word).expand_prompt is value
+    schema = GenerationRequest.model_json_schema()["properties"]["expand_prompt"]
+    assert schema["enum"] == ["relay's default", "on", "off"]
+
+
+def test_expand_prompt_refuses_other_words() -> None:
+    with pytest.raises(ValidationError):
+        GenerationRequest(prompt="a", expand_prompt="maybe")
