@@ -17,8 +17,12 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/luma-prefect demo
 
+# Tests spread over the cores (pytest-xdist): most of the suite's wall time is waiting on
+# servers and subprocesses. `make test TEST_WORKERS=0` runs them in one process.
+TEST_WORKERS ?= auto
+
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test-scale: $(STAMP)
 	$(BIN)/python -m pytest -m scale

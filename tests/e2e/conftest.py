@@ -21,6 +21,17 @@ from ._postgres import (
 from ._stack import Processes, Stack, command, start_stack
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`make test`: `--dist loadgroup`), the tests that share a session
+    stack run in one worker, so each stack starts once (a server takes 10-20 s to start)."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "postgres_stack" in fixtures:
+            item.add_marker(pytest.mark.xdist_group("postgres-stack"))
+        elif "stack" in fixtures:
+            item.add_marker(pytest.mark.xdist_group("stack"))
+
+
 @pytest.fixture(scope="session")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     """Server, simulator and serve.py for the whole session; nothing of them left after."""

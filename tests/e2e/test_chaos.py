@@ -91,7 +91,10 @@ class Worker:
         self.child: Child = stack.processes.start(
             "chaos-worker",
             [sys.executable, str(WORKER), str(jobdir)],
-            stack.env,
+            # Six runs at once on the stack's SQLite server: under load it answers 503
+            # (database busy) for a while; Prefect's client retries those, given more tries
+            # than its default 5 (a run failed at load 15 with the default).
+            {**stack.env, "PREFECT_CLIENT_MAX_RETRIES": "10"},
             stdin=subprocess.PIPE,
         )
 
