@@ -118,7 +118,7 @@ class _Endless(httpx.AsyncByteStream):
 
 
 async def test_a_body_growing_past_the_cap_is_cut_off(
-    client: LumaClient, dest: Path, http: httpx.AsyncClient
+    client: LumaClient, dest: Path, http_over_httpx: httpx.AsyncClient
 ) -> None:
     url = "https://cdn.example/big.mp4"
     generation = Generation(id="gen-big", state="completed", video=VideoAsset(url=url))
@@ -132,7 +132,7 @@ async def test_a_body_growing_past_the_cap_is_cut_off(
                 assets=("video",),
                 video_sources=("url",),
                 max_bytes=MIB,
-                http=http,
+                http=http_over_httpx,
             )
     assert tree(dest) == []
 
@@ -158,7 +158,7 @@ async def test_links_that_are_not_http_are_refused(
 
 @pytest.mark.parametrize("bad_id", ["../escape", "a/../../b", "/etc", "..", "x/y"])
 async def test_an_unsafe_generation_id_is_refused_before_anything_is_written(
-    client: LumaClient, tmp_path: Path, bad_id: str, http: httpx.AsyncClient
+    client: LumaClient, tmp_path: Path, bad_id: str, http_over_httpx: httpx.AsyncClient
 ) -> None:
     before = tree(tmp_path)
     fields = {"state": "completed", "video": VideoAsset(url="https://cdn.example/v.mp4")}
@@ -169,7 +169,7 @@ async def test_an_unsafe_generation_id_is_refused_before_anything_is_written(
     with respx.mock() as router:  # any request at all would fail the test
         with pytest.raises(LumaConfigurationError):
             await download_generation_files(
-                client, forced, storage_for(tmp_path / "out"), http=http
+                client, forced, storage_for(tmp_path / "out"), http=http_over_httpx
             )
         assert not router.calls
     assert tree(tmp_path) == before
@@ -231,7 +231,7 @@ async def test_a_full_disk_while_writing_the_record_leaves_no_half_record(
 
 
 async def test_the_relay_key_is_never_sent_to_media_links(
-    dest: Path, http: httpx.AsyncClient
+    dest: Path, http_over_httpx: httpx.AsyncClient
 ) -> None:
     relay = LumaClient("https://relay.example", SECRET, extra_headers={"X-Relay": SECRET})
     video = "https://cdn-one.example/v/video.mp4?sig=abc"
@@ -255,7 +255,7 @@ async def test_the_relay_key_is_never_sent_to_media_links(
         )
         async with relay:
             done = await download_generation_files(
-                relay, generation, storage_for(dest), video_sources=("url",), http=http
+                relay, generation, storage_for(dest), video_sources=("url",), http=http_over_httpx
             )
         requests = [call.request for call in router.calls]
 
@@ -268,7 +268,7 @@ async def test_the_relay_key_is_never_sent_to_media_links(
 
 
 async def test_extensions_fall_back_to_the_url_then_the_default(
-    client: LumaClient, dest: Path, http: httpx.AsyncClient
+    client: LumaClient, dest: Path, http_over_httpx: httpx.AsyncClient
 ) -> None:
     generation = Generation(
         id="gen-1",
@@ -283,7 +283,7 @@ async def test_extensions_fall_back_to_the_url_then_the_default(
                 return_value=httpx.Response(200, content=b"x", headers={"content-type": "binary"})
             )
         done = await download_generation_files(
-            client, generation, storage_for(dest), video_sources=("url",), http=http
+            client, generation, storage_for(dest), video_sources=("url",), http=http_over_httpx
         )
 
     names = {name: asset.file_name for name, asset in done.assets.items()}
