@@ -4,8 +4,9 @@ Each flow run sends a `prefect.flow-run.heartbeat` event every
 `PREFECT_FLOWS_HEARTBEAT_FREQUENCY` seconds (Prefect's default 180, minimum 30). A worker
 killed with its flow runs (OOM, SIGKILL, a machine gone) sends nothing more, and its runs
 would stay Running forever. The automation installed here (Prefect's "detect zombie flows"
-recipe) sets a run Crashed when, after a heartbeat, neither another heartbeat nor a final
-state came within `within` seconds. `collect-pending` finishes the generation of a Crashed
+recipe) sets a run Crashed when, after a heartbeat (or its start: a run killed before its
+first heartbeat reached the server sent none), neither another heartbeat nor a final state
+came within `within` seconds. `collect-pending` finishes the generation of a Crashed
 run at its next sweep: the delay from the kill is about `within` plus one sweep interval.
 
 A worker can also die after claiming a run (Pending) and before the run's own process
@@ -56,6 +57,16 @@ _STARTED = (
     "prefect.flow-run.Paused",
     "prefect.flow-run.Suspended",
 )
+#: What starts the window: a heartbeat, or the run going Running. The server sends the
+#: Running event itself; the first heartbeat comes from the run's process, which can be
+#: killed before it is delivered (seen in the scale-out test: two runs killed seconds after
+#: starting stayed Running forever when only heartbeats opened the window).
+_ALIVE = (
+    "prefect.flow-run.heartbeat",
+    "prefect.flow-run.Running",
+    "prefect.flow-run.Retrying",
+    "prefect.flow-run.Rerunning",
+)
 _EXPECTED = (
     "prefect.flow-run.heartbeat",
     "prefect.flow-run.Completed",
@@ -90,11 +101,12 @@ def zombie_automation(
         name=AUTOMATION_NAME,
         description=(
             f"Installed by luma-prefect: marks {scope} Crashed when no heartbeat or final "
-            f"state followed a heartbeat within {within_seconds:g} s (a dead worker), so "
+            f"state followed a heartbeat or their start within {within_seconds:g} s (a dead "
+            "worker), so "
             "collect-pending finishes their generations at its next sweep."
         ),
         trigger=EventTrigger(
-            after={"prefect.flow-run.heartbeat"},
+            after=set(_ALIVE),
             expect=set(_EXPECTED),
             match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
             **scoped,
