@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from luma_prefect.fleet._liveness import DEFAULT_WITHIN_SECONDS
+from luma_prefect.fleet._liveness import DEFAULT_PENDING_WITHIN_SECONDS, DEFAULT_WITHIN_SECONDS
 from luma_prefect.fleet._serve import DEFAULT_LIMIT, DEFAULT_SWEEP_INTERVAL
 
 __all__ = ["register"]
@@ -48,11 +48,16 @@ def install_automations(
         help="Seconds without a heartbeat after which a flow run is marked Crashed "
         "(more than PREFECT_FLOWS_HEARTBEAT_FREQUENCY of the workers).",
     ),
+    pending_within: float = typer.Option(
+        DEFAULT_PENDING_WITHIN_SECONDS,
+        help="Seconds a flow run may stay Pending (claimed, not started) before it is "
+        "marked Crashed: its worker died before the run began.",
+    ),
     all_flow_runs: bool = typer.Option(
         False, help="Watch every flow run, not only those tagged luma."
     ),
 ) -> None:
-    """Install (or update) the automation that marks flow runs of dead workers Crashed.
+    """Install (or update) the automations that mark flow runs of dead workers Crashed.
 
     Example:
         ```console
@@ -61,22 +66,29 @@ def install_automations(
     """
     import asyncio
 
-    from luma_prefect.fleet._liveness import AUTOMATION_NAME, install_automations
+    from luma_prefect.fleet._liveness import install_automations
 
-    if within < 10:
-        typer.secho("error: --within must be at least 10 seconds (Prefect's minimum).", err=True)
+    if within < 10 or pending_within < 10:
+        typer.secho(
+            "error: --within and --pending-within must be at least 10 seconds (Prefect's minimum).",
+            err=True,
+        )
         raise typer.Exit(code=2)
     try:
-        action, automation_id = asyncio.run(
-            install_automations(within, all_flow_runs=all_flow_runs)
+        installed = asyncio.run(
+            install_automations(
+                within, pending_within_seconds=pending_within, all_flow_runs=all_flow_runs
+            )
         )
     except Exception as exc:  # no server, refused...: one line, no traceback
-        typer.secho(f"error: could not install the automation: {exc}", err=True)
+        typer.secho(f"error: could not install the automations: {exc}", err=True)
         raise typer.Exit(code=1) from None
+    for name, action, automation_id in installed:
+        typer.echo(f"{action.capitalize()} automation {name!r} ({automation_id}).")
     typer.echo(
-        f"{action.capitalize()} automation {AUTOMATION_NAME!r} ({automation_id}): flow runs "
-        f"silent for {within:g} s are marked Crashed. Run the workers with "
-        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30 (or less than the window)."
+        f"Flow runs silent for {within:g} s, or Pending for {pending_within:g} s, are marked "
+        "Crashed. Run the workers with PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30 (or less than "
+        "the window)."
     )
 
 

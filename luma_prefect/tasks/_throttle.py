@@ -112,6 +112,13 @@ async def _ensure_limit(name: str) -> None:
     _created.add(key)
 
 
+def _forget_limit(name: str) -> None:
+    """Make the next `_ensure_limit(name)` ask the API again (the limit was deleted)."""
+    from prefect.settings import get_current_settings
+
+    _created.discard((str(get_current_settings().api.url), name))
+
+
 def relay_gate(base_url: str) -> Any:
     """A `request_gate` for `LumaClient`: each request holds a slot of the relay's limit.
 
@@ -128,19 +135,30 @@ def relay_gate(base_url: str) -> Any:
 
     @contextlib.asynccontextmanager
     async def gate() -> AsyncIterator[None]:
-        from prefect.concurrency.asyncio import concurrency
+        from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, concurrency
 
-        slot = concurrency(
-            name,
-            occupy=1,
-            timeout_seconds=SLOT_TIMEOUT_SECONDS,
-            lease_duration=_LEASE_SECONDS,
-            strict=True,
-            raise_on_lease_renewal_failure=False,
-        )
+        def slot() -> Any:
+            return concurrency(
+                name,
+                occupy=1,
+                timeout_seconds=SLOT_TIMEOUT_SECONDS,
+                lease_duration=_LEASE_SECONDS,
+                strict=True,
+                raise_on_lease_renewal_failure=False,
+            )
+
+        held = slot()
         try:
             await _ensure_limit(name)
-            await slot.__aenter__()
+            try:
+                await held.__aenter__()
+            except ConcurrencySlotAcquisitionError:
+                # Someone deleted the limit since this process last made sure of it:
+                # make it again (with the default slots) and try once more.
+                _forget_limit(name)
+                await _ensure_limit(name)
+                held = slot()
+                await held.__aenter__()
         except Exception as exc:
             raise LumaTransportError(
                 f"Could not take a slot of the Prefect concurrency limit {name} "
@@ -151,7 +169,7 @@ def relay_gate(base_url: str) -> Any:
             yield
         finally:
             try:
-                await slot.__aexit__(None, None, None)
+                await held.__aexit__(None, None, None)
             except Exception as exc:  # the request is done: never fail it now
                 logger.warning("Could not give back a slot of %s (%s).", name, exc)
 
