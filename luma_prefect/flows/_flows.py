@@ -27,6 +27,7 @@ from luma_prefect.flows._steps import (
     FailWhen,
     WaitOptions,
     collect,
+    generate_many,
     generate_one,
     left_behind,
     report_batch,
@@ -167,35 +168,23 @@ async def generate_videos(
     if max_concurrent < 1:
         raise LumaError("max_concurrent must be at least 1.")
     block = await resolve_credentials(credentials)
-    gate = asyncio.Semaphore(max_concurrent)
     options = WaitOptions(timeout_seconds, poll_interval_seconds, max_poll_interval_seconds)
-
     progress = BatchProgress(len(requests))
     await progress.start()
-
-    async def one(position: int, request: GenerationRequest) -> GenerationOutcome:
-        async with gate:
-            outcome = await generate_one(
-                block,
-                request,
-                destination,
-                options,
-                list(assets),
-                idempotency_key or None,
-                position=f"item-{position}",
-            )
-        await progress.add(outcome)
-        return outcome
-
     with names.run_tags(block.base_url):
-        outcomes = list(
-            await asyncio.gather(
-                *(one(i, GenerationRequest.model_validate(r)) for i, r in enumerate(requests))
-            )
+        outcomes = await generate_many(
+            block,
+            [GenerationRequest.model_validate(r) for r in requests],
+            destination,
+            options,
+            list(assets),
+            idempotency_key or None,
+            max_concurrent,
+            on_outcome=progress.add,
         )
     await progress.finish()
     await report_failures(outcomes)
-    await report_batch(outcomes, "luma-generate-videos", fail_when)
+    await report_batch(outcomes, "luma-generate-videos", fail_when, destination)
     return outcomes
 
 
@@ -247,7 +236,7 @@ async def collect_generations(
         )
     await progress.finish()
     await report_failures(outcomes)
-    await report_batch(outcomes, "luma-collect-generations", fail_when)
+    await report_batch(outcomes, "luma-collect-generations", fail_when, destination)
     return outcomes
 
 
@@ -338,5 +327,5 @@ async def collect_pending(
     ]
     await progress.finish()
     await report_failures(outcomes)
-    await report_batch(outcomes, "luma-collect-pending", "never")
+    await report_batch(outcomes, "luma-collect-pending", "never", destination)
     return outcomes

@@ -18,8 +18,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
-from prefect import get_run_logger
+from prefect import get_run_logger, task
 from prefect.artifacts import acreate_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.events import emit_event
 from prefect.results import get_result_store
@@ -56,14 +57,18 @@ from luma_prefect.ledger._identity import (
 )
 from luma_prefect.ledger._records import Ledger, LedgerRecord, SubmitIntent
 from luma_prefect.storage import Storage, storage_for
-from luma_prefect.tasks import (
-    download_generation,
-    publish_generation,
-    submit_generation,
-    wait_for_generation,
-    wait_for_generations,
+from luma_prefect.tasks import _names as names
+from luma_prefect.tasks import download_generation as _download_task
+from luma_prefect.tasks import publish_generation as _publish_task
+from luma_prefect.tasks import submit_generation, wait_for_generation
+from luma_prefect.tasks._common import (
+    DOWNLOAD_BACKSTOP_SECONDS,
+    PUBLISH_BACKSTOP_SECONDS,
+    WAIT_BACKSTOP_MARGIN_SECONDS,
+    Destination,
 )
-from luma_prefect.tasks._common import WAIT_BACKSTOP_MARGIN_SECONDS, Destination
+from luma_prefect.tasks._waiting import follow_generations_task
+from luma_prefect.wait._engine import WaitFeed
 
 __all__ = [
     "LEASE",
@@ -71,6 +76,7 @@ __all__ = [
     "WaitOptions",
     "collect",
     "deliver",
+    "generate_many",
     "generate_one",
     "left_behind",
     "report_batch",
@@ -88,6 +94,17 @@ RENEW_EVERY = LEASE / 4
 _SENDING_STUCK_AFTER = timedelta(hours=1)
 _FINAL_RUN_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 EVENT_SUBMIT_IN_DOUBT = "luma.submit.in-doubt"
+# The download and publish tasks' bodies: the deliver task runs both, without task runs of
+# their own (one task run per delivery instead of two; #12).
+download_generation = _download_task.fn
+publish_generation = _publish_task.fn
+# Deliveries at once in the sweeps (generate_videos has max_concurrent): without a bound,
+# 500 generations settling in one poll round took 482-538 MB of peak RSS (#12).
+DELIVERIES_AT_ONCE = 8
+# In a batch, a delivery's progress artifact appears once it has run this long: a quick
+# download shows in the batch's progress, a long one in its own as well. (At 5 s, 303 of
+# 500 deliveries on a starved machine made one: 1.6 events per generation.)
+BATCH_DOWNLOAD_PROGRESS_AFTER_SECONDS = 30.0
 # How the lease heartbeat sleeps between renewals; tests replace it.
 heartbeat_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
@@ -116,10 +133,14 @@ async def generate_one(
     assets: list[AssetName],
     idempotency_key: str | None,
     position: str | None = None,
+    *,
+    feed: WaitFeed | None = None,
 ) -> GenerationOutcome:
     """Submit (once), wait, deliver one generation; generation-level errors become outcomes.
 
     `position` tells apart the items of one batch (`item-3`) inside the run's identity.
+    `feed`: the batch's shared wait to join (else a wait of its own, one task run). In a
+    batch the per-generation markdown artifact gives way to the batch's table.
     """
     ledger = Ledger(storage_for(destination))
     try:
@@ -137,16 +158,96 @@ async def generate_one(
     try:
         async with _holding(ledger, lease):
             try:
-                generation = await _wait_one(block, generation_id, options)
+                if feed is None:
+                    generation = await _wait_one(block, generation_id, options)
+                else:
+                    generation = _settled(await feed.add(generation_id, options.timeout_seconds))
             except LumaError as exc:
                 return _ended(ledger, generation_id, exc)
             return await deliver(
-                block, generation, destination, ledger, assets, request, lease=lease
+                block,
+                generation,
+                destination,
+                ledger,
+                assets,
+                request,
+                lease=lease,
+                in_batch=feed is not None,
             )
     except Exception as exc:  # a lost claim, or anything the steps did not expect
         return _failed(generation_id, None, exc)
     finally:
         await _release(ledger, lease)
+
+
+def _settled(result: Generation | LumaError) -> Generation:
+    if isinstance(result, LumaError):
+        raise result
+    return result
+
+
+async def generate_many(
+    block: LumaRelayCredentials,
+    requests: Sequence[GenerationRequest],
+    destination: Destination,
+    options: WaitOptions,
+    assets: list[AssetName],
+    idempotency_key: str | None,
+    max_concurrent: int,
+    *,
+    on_outcome: Callable[[GenerationOutcome], Awaitable[None]] | None = None,
+) -> list[GenerationOutcome]:
+    """Submit, wait, deliver many, at most `max_concurrent` in flight (deliveries included).
+
+    Two task runs per generation (`submit <prompt>`, `deliver <id>`) and one wait for the
+    whole batch: each generation joins it when its submit returns and leaves it as soon as
+    the poll that settled it returns (4 task runs per generation before: 500 made 2,000).
+    `on_outcome` is awaited as each generation ends (the flow's batch progress).
+    """
+    if not requests:
+        return []
+    feed = WaitFeed()
+    waiter = asyncio.create_task(_follow(block, feed, options, len(requests)))
+    gate = asyncio.Semaphore(max_concurrent)
+
+    async def one(position: int, request: GenerationRequest) -> GenerationOutcome:
+        async with gate:
+            outcome = await generate_one(
+                block,
+                request,
+                destination,
+                options,
+                assets,
+                idempotency_key,
+                position=f"item-{position}",
+                feed=feed,
+            )
+        if on_outcome is not None:
+            await on_outcome(outcome)
+        return outcome
+
+    try:
+        return list(await asyncio.gather(*(one(i, r) for i, r in enumerate(requests))))
+    except BaseException:
+        waiter.cancel()
+        raise
+    finally:
+        feed.close()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            # Its failure, if any, is already each waiting generation's outcome.
+            await waiter
+
+
+async def _follow(
+    block: LumaRelayCredentials,
+    feed: WaitFeed,
+    options: WaitOptions,
+    expected: int,
+    batch_size: int = 50,
+) -> int:
+    return await follow_generations_task(
+        block, feed, expected, batch_size=batch_size, **options.as_kwargs()
+    )
 
 
 async def _wait_one(
@@ -375,9 +476,9 @@ async def collect(
     skip_published: bool = False,
     on_outcome: Callable[[GenerationOutcome], Awaitable[None]] | None = None,
 ) -> list[GenerationOutcome]:
-    """Batched wait; each generation is delivered as soon as a wait round returns it.
-
-    `on_outcome` is awaited as each generation ends (the flow's batch progress)."""
+    """One batched wait; each generation delivered as soon as the poll that settled it
+    returns, at most DELIVERIES_AT_ONCE at a time (memory does not grow with how many
+    settle at once). `on_outcome` is awaited as each generation ends (the batch progress)."""
     ledger = Ledger(storage_for(destination))
     outcomes: dict[str, GenerationOutcome] = {}
     remaining = []
@@ -389,60 +490,47 @@ async def collect(
             outcomes[generation_id] = GenerationOutcome(
                 generation_id=str(generation_id), status="error", error=str(exc)
             )
-    told: set[str] = set()
+    if not remaining:
+        return [outcomes[i] for i in dict.fromkeys(generation_ids)]
+    feed = WaitFeed()
+    # One deadline for the whole batch: every id joins now.
+    settling = {i: feed.add(i, options.timeout_seconds) for i in remaining}
+    feed.close()
+    waiter = asyncio.create_task(_follow(block, feed, options, len(remaining), batch_size))
+    deliveries = asyncio.Semaphore(DELIVERIES_AT_ONCE)
 
-    async def tell() -> None:
-        for generation_id, outcome in list(outcomes.items()):
-            if on_outcome is not None and generation_id not in told:
-                told.add(generation_id)
-                await on_outcome(outcome)
-
-    deadline = time.monotonic() + options.timeout_seconds
-    while remaining:
-        left = max(deadline - time.monotonic(), 0.001)
+    async def one(generation_id: str) -> GenerationOutcome:
         try:
-            results = await wait_for_generations.with_options(
-                timeout_seconds=left + WAIT_BACKSTOP_MARGIN_SECONDS
-            )(
-                block,
-                remaining,
-                timeout_seconds=left,
-                poll_interval_seconds=options.poll_interval_seconds,
-                max_poll_interval_seconds=options.max_poll_interval_seconds,
-                batch_size=batch_size,
-                return_exceptions=True,
-                return_when="first",
-                # The flow shows the batch's progress: one artifact per wait round would be
-                # one per settling generation here.
-                progress_artifact=False,
-            )
-        except Exception as exc:
-            # A wait that broke as a whole (a refused key, a backstop timeout): each id
-            # still pending gets that as its outcome; those delivered keep theirs.
-            for generation_id in remaining:
-                outcomes[generation_id] = _failed(generation_id, None, exc)
-            break
-        settled = [(i, r) for i, r in zip(remaining, results, strict=True) if r is not None]
-        ready = [r for _, r in settled if isinstance(r, Generation)]
-        for generation_id, result in settled:
-            if isinstance(result, LumaError):
-                outcomes[generation_id] = _ended(ledger, generation_id, result)
-        delivered = await asyncio.gather(
-            *(
-                deliver(block, g, destination, ledger, assets, None, skip_published=skip_published)
-                for g in ready
-            ),
-            return_exceptions=True,
-        )
-        for generation, done in zip(ready, delivered, strict=True):
-            if isinstance(done, BaseException):
-                if not isinstance(done, Exception):
-                    raise done  # cancellation, KeyboardInterrupt: not a generation's outcome
-                done = _failed(generation.id, generation, done)
+            generation = _settled(await settling[generation_id])
+        except LumaError as exc:
+            outcome = _ended(ledger, generation_id, exc)
+        except Exception as exc:  # the wait broke as a whole: a backstop, a bug
+            outcome = _failed(generation_id, None, exc)
+        else:
+            async with deliveries:
+                outcome = await deliver(
+                    block,
+                    generation,
+                    destination,
+                    ledger,
+                    assets,
+                    None,
+                    skip_published=skip_published,
+                    in_batch=True,
+                )
+        if on_outcome is not None:
+            await on_outcome(outcome)
+        return outcome
+
+    try:
+        for done in await asyncio.gather(*(one(i) for i in remaining)):
             outcomes[done.generation_id] = done
-        remaining = [i for i, r in zip(remaining, results, strict=True) if r is None]
-        await tell()
-    await tell()
+    except BaseException:
+        waiter.cancel()
+        raise
+    finally:
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await waiter
     return [outcomes[i] for i in dict.fromkeys(generation_ids)]
 
 
@@ -456,6 +544,7 @@ async def deliver(
     *,
     skip_published: bool = False,
     lease: Lease | None = None,
+    in_batch: bool = False,
 ) -> GenerationOutcome:
     """Claim, download, publish; one publish per generation even with concurrent sweeps.
 
@@ -468,6 +557,10 @@ async def deliver(
     `skip_published`: sweeps leave alone what another run published meanwhile; an explicit
     collect of a published generation re-verifies its files and publishes it again.
     `lease`: a claim the caller holds (and renews) already.
+    `in_batch`: no markdown artifact of its own (the batch's table has its row), and a
+    progress artifact only for a download that takes a while.
+    The download and the publish are one task run, `deliver <id>`: Failed with the reason
+    when the delivery failed.
     """
     logger = get_run_logger()
     own = lease is None
@@ -486,8 +579,16 @@ async def deliver(
                 generation_id=generation.id, status="error", generation=generation, error=message
             )
         async with _holding(ledger, lease) if own else contextlib.nullcontext():
-            return await _deliver_held(
-                block, generation, destination, ledger, assets, request, skip_published, lease
+            return await deliver_generation(
+                block,
+                generation,
+                destination,
+                ledger,
+                assets,
+                request,
+                skip_published,
+                lease,
+                in_batch,
             )
     except Exception as exc:
         # Anything (a redirect loop, a bad gzip body, JSON nested too deep...) is this
@@ -498,7 +599,14 @@ async def deliver(
             await _release(ledger, lease)
 
 
-async def _deliver_held(
+@task(
+    name="deliver-generation",
+    task_run_name=names.deliver_name,
+    tags=[names.RUN_TAG],
+    cache_policy=NO_CACHE,
+    timeout_seconds=DOWNLOAD_BACKSTOP_SECONDS + PUBLISH_BACKSTOP_SECONDS,
+)
+async def deliver_generation(
     block: LumaRelayCredentials,
     generation: Generation,
     destination: Destination,
@@ -507,7 +615,13 @@ async def _deliver_held(
     request: GenerationRequest | None,
     skip_published: bool,
     lease: Lease,
+    in_batch: bool = False,
 ) -> GenerationOutcome:
+    """Download a completed generation's files and publish them, in one task run.
+
+    The `download_generation` and `publish_generation` tasks' bodies, run here without task
+    runs of their own: one task run per delivery (#12), Failed with the reason if it fails.
+    """
     logger = get_run_logger()
     record = ledger.get(generation.id)
     if skip_published and record is not None and record.status == "published":
@@ -523,15 +637,26 @@ async def _deliver_held(
     await _discard_parts(storage, generation.id, keep=tag)
     for _attempt in range(2):
         downloaded = await download_generation(
-            block, generation, destination, assets=assets, part_tag=tag
+            block,
+            generation,
+            destination,
+            assets=assets,
+            part_tag=tag,
+            progress_after_seconds=BATCH_DOWNLOAD_PROGRESS_AFTER_SECONDS if in_batch else 0.0,
         )
         ledger.mark(generation.id, "downloaded")
+        logger.info(
+            "Downloaded generation %s: %s.",
+            generation.id,
+            ", ".join(f"{name} {a.bytes:,} B" for name, a in downloaded.assets.items()),
+        )
         await _check_held(ledger, lease)
         published = await publish_generation(
             downloaded,
             destination=destination,
             request=request or _recorded_request(record),
             timeline=record.times() if record else None,
+            create_artifacts=not in_batch,
         )
         bad = await asyncio.to_thread(mismatched_files, storage, downloaded)
         if not bad:
@@ -879,6 +1004,24 @@ def _same_request(generation: Generation, request: GenerationRequest) -> bool:
     )
 
 
+_TIMES = ("submitted", "completed", "downloaded", "published", "failed")
+
+
+def _times(ledger: Ledger | None, generation_id: str) -> dict[str, str]:
+    """When the generation reached each step, as the ledger recorded it (UTC, seconds)."""
+    record = None
+    if ledger is not None and generation_id:
+        with contextlib.suppress(LumaError, OSError, ValueError):
+            record = ledger.get(generation_id)
+    times = record.times() if record is not None else {}
+    return {
+        name: times[name].astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        if name in times
+        else ""
+        for name in _TIMES
+    }
+
+
 def _in_doubt_table(intents: Sequence[SubmitIntent], destination: Destination) -> str:
     where = shlex.quote(_destination_label(destination))
     lines = [
@@ -910,10 +1053,18 @@ def same_relay(record: LedgerRecord, block: LumaRelayCredentials) -> bool:
 
 
 async def report_batch(
-    outcomes: Sequence[GenerationOutcome], key: str, fail_when: FailWhen
+    outcomes: Sequence[GenerationOutcome],
+    key: str,
+    fail_when: FailWhen,
+    destination: Destination | None = None,
 ) -> None:
-    rows = [
-        {
+    """The batch's table artifact (one row per generation: outcome, why not, and when it
+    was submitted, completed, downloaded and published, from the ledger), its log line of
+    failures, and the run's end as `fail_when` says."""
+    ledger = Ledger(storage_for(destination)) if destination is not None else None
+    rows = []
+    for o in outcomes:
+        row: dict[str, Any] = {
             "generation_id": o.generation_id,
             "outcome": o.status,
             "state": o.generation.state.value if o.generation else None,
@@ -923,8 +1074,8 @@ async def report_batch(
             else "",
             "error": o.error or "",
         }
-        for o in outcomes
-    ]
+        row.update(_times(ledger, o.generation_id))
+        rows.append(row)
     failed = [o for o in outcomes if not o.ok]
     if failed:
         # The report lists every failure, one line each, also in the run's logs.

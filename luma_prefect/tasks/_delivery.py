@@ -56,6 +56,7 @@ async def download_generation(
     max_concurrent_downloads: int = 3,
     part_tag: str | None = None,
     progress_artifact: bool = True,
+    progress_after_seconds: float = 0.0,
 ) -> DownloadedGeneration:
     """Download a completed generation's files to `<destination>/<generation id>/`.
 
@@ -69,7 +70,8 @@ async def download_generation(
     `part_tag` (letters and digits) names the partial files after their holder, so two
     concurrent deliveries of one generation never write into the same `.part`.
     With `progress_artifact` (the default) a progress artifact shows the bytes done, updated
-    at most every 5 s.
+    at most every 5 s; with `progress_after_seconds` only once the download has run that
+    long (a batch's quick downloads cost no artifact each).
 
     Example:
         ```python
@@ -95,7 +97,11 @@ async def download_generation(
                 if isinstance(generation, dict)
                 else await client.get_generation(generation)
             )
-        progress = DownloadProgress(generation.id) if progress_artifact else None
+        progress = (
+            DownloadProgress(generation.id, after_seconds=progress_after_seconds)
+            if progress_artifact
+            else None
+        )
         if progress is not None:
             await progress.start()
         try:

@@ -130,6 +130,9 @@ def _ids_name(verb: str, ids: Any) -> str:
 
 wait_name = _task(lambda p: f"wait {short_id(p['generation_id'])}", "wait")
 wait_many_name = _task(lambda p: _ids_name("wait", p["generation_ids"]), "wait")
+follow_name = _task(
+    lambda p: f"wait {p['expected']} generation" + ("" if p["expected"] == 1 else "s"), "wait"
+)
 fetch_name = _task(lambda p: f"fetch {short_id(p['generation_id'])}", "fetch")
 fetch_many_name = _task(lambda p: _ids_name("fetch", p["generation_ids"]), "fetch")
 extend_name = _task(lambda p: f"extend {short_id(p['generation_id'])}", "extend")

@@ -91,15 +91,26 @@ class _Display:
 class WaitProgress:
     """The progress artifact of one wait: its state, time waited, the relay's estimate."""
 
-    def __init__(self, generation_ids: Sequence[str], now: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        generation_ids: Sequence[str],
+        now: Callable[[], float],
+        *,
+        expected: int | None = None,
+    ) -> None:
+        """`expected`: a batch's wait, which ids join as it runs (`generation_ids` empty)."""
         self.ids = list(dict.fromkeys(generation_ids))
+        self.expected = expected
         self.display = _Display(UPDATE_EVERY_SECONDS, now)
         self.started = now()
 
+    def _single(self) -> bool:
+        return self.expected is None and len(self.ids) == 1
+
     def _what(self) -> str:
-        if len(self.ids) == 1:
+        if self._single():
             return f"Generation {short_id(self.ids[0])}"
-        return f"{len(self.ids)} generations"
+        return f"{len(self.ids) if self.expected is None else self.expected} generations"
 
     async def start(self) -> None:
         await self.display.create(0.0, f"{self._what()}: waiting for the relay's first answer.")
@@ -117,7 +128,7 @@ class WaitProgress:
             if seen.estimate_seconds is not None
             else ""
         )
-        if len(self.ids) == 1:
+        if self._single():
             state = seen.last.raw_state or seen.last.state.value if seen.last else "not seen yet"
             return self._single_progress(
                 seen
@@ -143,19 +154,20 @@ class WaitProgress:
     async def finish(self, results: Mapping[str, Generation | LumaError | None]) -> None:
         """The last update: how the wait ended, for each id or in counts."""
         took = describe_seconds(self.display.now() - self.started)
-        if len(self.ids) == 1:
+        if self._single():
             result = results.get(self.ids[0])
             await self.display.update(100.0, f"{self._what()} {_ended(result)} after {took}.")
             return
+        ids = self.ids or list(results)
         counts: dict[str, int] = {}
-        for generation_id in self.ids:
+        for generation_id in ids:
             word = _ended(results.get(generation_id)).split(":")[0]
             counts[word] = counts.get(word, 0) + 1
         summary = ", ".join(f"{n} {word}" for word, n in sorted(counts.items()))
-        settled = sum(results.get(i) is not None for i in self.ids)
+        settled = sum(results.get(i) is not None for i in ids)
         await self.display.update(
-            100.0 * settled / max(len(self.ids), 1),
-            f"{settled} of {len(self.ids)} generations settled after {took}: {summary}.",
+            100.0 * settled / max(len(ids), 1),
+            f"{settled} of {len(ids)} generations settled after {took}: {summary}.",
         )
 
     async def fail(self, error: BaseException) -> None:
@@ -181,10 +193,18 @@ def _ended(result: Generation | LumaError | None) -> str:
 class DownloadProgress:
     """The progress artifact of one download: bytes of all its files together."""
 
-    def __init__(self, generation_id: str, now: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        generation_id: str,
+        now: Callable[[], float] = time.monotonic,
+        *,
+        after_seconds: float = 0.0,
+    ) -> None:
+        """`after_seconds`: the artifact is created only once the download ran that long."""
         self.generation_id = generation_id
         self.display = _Display(DOWNLOAD_UPDATE_EVERY_SECONDS, now)
         self.started = now()
+        self.after_seconds = after_seconds
         self.done: dict[str, int] = {}
         self.totals: dict[str, int | None] = {}
 
@@ -192,12 +212,16 @@ class DownloadProgress:
         return f"Download of generation {short_id(self.generation_id)}"
 
     async def start(self) -> None:
-        await self.display.create(0.0, f"{self._what()}: starting.")
+        if self.after_seconds <= 0:
+            await self.display.create(0.0, f"{self._what()}: starting.")
 
     async def bytes(self, name: str, done: int, total: int | None) -> None:
         """`on_progress(asset, bytes_done, total)` of the download engine."""
         self.done[name] = done
         self.totals[name] = total
+        late = self.display.artifact_id is None and not self.display.broken
+        if late and self.display.now() - self.started >= self.after_seconds:
+            await self.display.create(0.0, f"{self._what()}: started {self._since()} ago.")
         if not self.display.due(changed=False):
             return
         known = [n for n, t in self.totals.items() if t]
@@ -212,6 +236,9 @@ class DownloadProgress:
             for n in self.done
         )
         await self.display.update(min(100.0 * share, 99.0), f"{self._what()}: {files}.")
+
+    def _since(self) -> str:
+        return describe_seconds(self.display.now() - self.started)
 
     async def finish(self, files: int, size: int) -> None:
         took = describe_seconds(self.display.now() - self.started)

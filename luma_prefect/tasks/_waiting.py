@@ -20,7 +20,7 @@ from luma_prefect.tasks._common import (
     client_for,
 )
 from luma_prefect.tasks._progress import WaitProgress
-from luma_prefect.wait._engine import WaitSettings, normalise_states
+from luma_prefect.wait._engine import WaitFeed, WaitSettings, follow_generations, normalise_states
 from luma_prefect.wait._engine import wait_for_generations as _wait_engine
 
 
@@ -165,3 +165,62 @@ async def _wait(
     if progress is not None:
         await progress.finish(results)
     return [results.get(i) for i in ids]
+
+
+@task(
+    name="wait-for-generations",
+    task_run_name=names.follow_name,
+    tags=[names.RUN_TAG],
+    **READ_OPTIONS,
+)
+async def follow_generations_task(
+    credentials: CredentialsInput,
+    feed: WaitFeed,
+    expected: int,
+    timeout_seconds: float = 1800.0,
+    poll_interval_seconds: float = 5.0,
+    max_poll_interval_seconds: float = 30.0,
+    batch_size: int = 50,
+    progress_artifact: bool = True,
+) -> int:
+    """One wait, in one task run, for every generation a batch adds to `feed` as it goes.
+
+    Each id has `timeout_seconds` from when it joined; its result goes to the feed as soon
+    as the poll that settled it returns. Ends once the feed is closed and every id settled;
+    returns the number settled. `expected`: how many the batch will add (its name, its
+    progress). Per-id INFO lines up to 25 generations, else one summary line per round
+    with news. No Prefect timeout: ids join for as long as the batch runs, and the engine
+    ends each one's wait within one call of its own deadline.
+    """
+    settings = WaitSettings(
+        timeout_seconds=timeout_seconds,
+        poll_interval_seconds=poll_interval_seconds,
+        max_poll_interval_seconds=max(max_poll_interval_seconds, poll_interval_seconds),
+    )
+    clock = _common.wait_clock
+    progress = WaitProgress([], clock.monotonic, expected=expected) if progress_artifact else None
+    if progress is not None:
+        await progress.start()
+    try:
+        async with await client_for(credentials, batch_size=batch_size) as client:
+            results = await follow_generations(
+                client,
+                feed,
+                settings,
+                clock=clock,
+                logger=get_run_logger(),
+                on_round=progress.round if progress is not None else None,
+                log_each=expected <= _LOG_EACH_UP_TO,
+            )
+    except BaseException as exc:
+        feed.fail(exc if isinstance(exc, Exception) else LumaError("The wait was cancelled."))
+        if progress is not None and isinstance(exc, Exception):
+            await progress.fail(exc)
+        raise
+    if progress is not None:
+        await progress.finish(results)
+    return len(results)
+
+
+# Per-generation INFO lines of a batch's wait up to this many generations, a summary beyond.
+_LOG_EACH_UP_TO = 25

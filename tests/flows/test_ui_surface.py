@@ -181,12 +181,8 @@ async def test_a_run_shows_progress_short_names_and_relay_tags(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
         )
     names = {t.name for t in task_runs}
-    assert names == {
-        "submit a red kite circling…",
-        f"wait {short}",
-        f"download {short}",
-        f"publish {short}",
-    }
+    # The download and the publish are one task run (#12: fewer Prefect objects).
+    assert names == {"submit a red kite circling…", f"wait {short}", f"deliver {short}"}
     relay_tag = f"luma-relay:127.0.0.1:{sim.base_url.rsplit(':', 1)[1]}"
     for task_run in task_runs:
         assert {"luma", relay_tag} <= set(task_run.tags), task_run.name
@@ -288,3 +284,37 @@ async def test_python_callers_may_still_pass_none_and_the_form_may_send_empty_st
         **FAST,
     )
     assert published.downloaded.generation.prompt == "a fox"
+
+
+async def test_a_batch_download_gets_its_own_progress_only_when_it_takes_a_while(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import prefect.artifacts
+
+    from luma_prefect.tasks._progress import DownloadProgress
+
+    now = [0.0]
+    created: list[str] = []
+
+    async def create(progress: float, description: str) -> UUID:
+        created.append(description)
+        return UUID(int=len(created))
+
+    monkeypatch.setattr(prefect.artifacts, "acreate_progress_artifact", create)
+    quick = DownloadProgress(
+        "4665a07c-7641-4809-a133-10786201bb56", lambda: now[0], after_seconds=30
+    )
+    await quick.start()
+    now[0] = 2.0
+    await quick.bytes("video", 8_000, 8_000)
+    await quick.finish(1, 8_000)
+    assert created == []  # a quick download: nothing but the batch's own progress
+
+    slow = DownloadProgress(
+        "5665a07c-7641-4809-a133-10786201bb56", lambda: now[0], after_seconds=30
+    )
+    await slow.start()
+    for second in range(3, 40):
+        now[0] = float(second)
+        await slow.bytes("video", second * 1_000_000, 100_000_000)
+    assert created == ["Download of generation 5665a07c: started 30 s ago."]
