@@ -6,7 +6,9 @@ Python package (never a downloaded browser build):
 
 1. every deployment's run form, screenshotted;
 2. `generate-video` started from its form (prompt typed in, Submit clicked), its run
-   caught mid-wait (progress artifact), then finished;
+   caught mid-wait (progress artifact), then finished: task runs submit, wait, deliver;
+   `generate-videos` with two prompts from its form: the batch's progress (done of total)
+   mid-wait and at the end, one wait and a deliver per generation, its one table artifact;
 3. the relay's links expired (simulator fault), then the generation artifact opened: its
    thumbnail must load (our own inlined copy);
 4. a generation the relay fails, and its failure artifact;
@@ -17,7 +19,8 @@ will serve it) is answered by the browser from that same file (`serve_logo`).
 
 Screenshots land in `ui-check/` (git-ignored). Exits non-zero when a run fails, the
 thumbnail or the logo does not load, or a page does not show what it should; problems that
-do not stop the walk-through (a form's `None` toggle) are listed at the end, and fail too.
+do not stop the walk-through (a form, the block's included, offering `None` as a choice) are
+listed at the end, and fail too.
 Not part of `make test`.
 """
 
@@ -55,6 +58,7 @@ OUT = REPO_ROOT / "ui-check"
 PAGE_TIMEOUT_MS = 60_000
 PROMPT = "a red fox running through fresh snow at golden hour"
 DOOMED = "a doomed paper boat in a storm"
+BATCH = ("a lighthouse beam sweeping over night waves", "a hummingbird sipping from a red flower")
 
 
 # Whether an <img> shows: waits for it to finish loading, then asks for its decoded width.
@@ -62,6 +66,18 @@ IMAGE_LOADED = """img => img.complete ? img.naturalWidth > 0 : new Promise(done 
     img.addEventListener("load", () => done(img.naturalWidth > 0));
     img.addEventListener("error", () => done(false));
 })"""
+
+
+# Scrolls the nearest scrollable box around a table to its right end; whether it scrolled.
+SCROLL_RIGHT = """table => {
+    for (let box = table; box; box = box.parentElement) {
+        if (box.scrollWidth > box.clientWidth + 1) {
+            box.scrollLeft = box.scrollWidth;
+            return true;
+        }
+    }
+    return false;
+}"""
 
 
 class CheckFailed(Exception):
@@ -101,6 +117,16 @@ async def shot(page: Any, name: str) -> Path:
     await page.screenshot(path=str(path), full_page=True)
     print(f"  screenshot {path.relative_to(REPO_ROOT)}", flush=True)
     return path
+
+
+async def none_toggles(page: Any, what: str, problems: list[str]) -> None:
+    """A `None` choice in a form (Prefect's toggle for an `X | None` field), whichever side is
+    selected: a form should offer a value or leave it empty, never make the user pick None."""
+    main = page.locator("main")
+    if 'Property is type "None"' in await main.inner_text():
+        problems.append(f"the {what} shows a None toggle ('Property is type \"None\"')")
+    elif await main.get_by_text("None", exact=True).count():
+        problems.append(f"the {what} offers None as a choice (a `None` toggle)")
 
 
 async def deployment_ids(stack: Stack) -> dict[str, str]:
@@ -153,8 +179,7 @@ async def check_forms(page: Any, ui: str, deployments: dict[str, str], problems:
                 await page.get_by_role("button", name=re.compile("add item", re.I)).first.click()
                 await page.wait_for_timeout(800)
         await shot(page, f"01-form-{number}-{name}")
-        if 'Property is type "None"' in await page.locator("main").inner_text():
-            problems.append(f"the {name} form shows a None toggle ('Property is type \"None\"')")
+        await none_toggles(page, f"{name} form", problems)
         if name == "generate-video":
             # The first choice list is the model's: open it to show the known values.
             await page.get_by_role("button", name="Select known values").first.click()
@@ -226,8 +251,9 @@ async def run_from_form(page: Any, stack: Stack, ui: str, deployments: dict[str,
     return final
 
 
-async def check_task_runs(stack: Stack, flow_run_id: Any) -> None:
-    """Short readable names; every task run tagged `luma` and with the relay's name."""
+async def check_task_runs(stack: Stack, flow_run_id: Any, generations: int = 1) -> None:
+    """Short readable names; every task run tagged `luma` and with the relay's name; per
+    generation a submit and a deliver (download + publish), and one wait for them all."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     async with stack.client() as client:
@@ -238,7 +264,12 @@ async def check_task_runs(stack: Stack, flow_run_id: Any) -> None:
     for task_run in task_runs:
         if len(task_run.name) > 40 or not {"luma", relay_tag} <= set(task_run.tags):
             raise CheckFailed(f"task run {task_run.name!r} has tags {task_run.tags}")
-    print(f"  task runs: {sorted(t.name for t in task_runs)}, tagged luma, {relay_tag}")
+    names = sorted(t.name for t in task_runs)
+    verbs = sorted(name.split(" ", 1)[0] for name in names)
+    expected = sorted(["submit", "deliver"] * generations + ["wait"])
+    if verbs != expected:
+        raise CheckFailed(f"the task runs are {names}, not {generations} submit/deliver + 1 wait")
+    print(f"  task runs: {names}, tagged luma, {relay_tag}", flush=True)
 
 
 async def check_artifact(page: Any, stack: Stack, ui: str, run: Any) -> None:
@@ -307,7 +338,104 @@ async def check_failure(page: Any, stack: Stack, ui: str, deployments: dict[str,
     await shot(page, "08-failed-run")
 
 
-async def check_block(page: Any, stack: Stack, ui: str) -> None:
+async def run_batch_from_form(
+    page: Any, stack: Stack, ui: str, deployments: dict[str, str]
+) -> None:
+    """generate-videos with two prompts typed into its form: the batch's progress (done of
+    total) caught mid-wait and at the end, its task runs, and its one table artifact."""
+    started = time.time() - 1
+    await page.goto(f"{ui}/deployments/deployment/{deployments['generate-videos']}/run")
+    await page.get_by_role("button", name="Submit").wait_for()
+    await page.wait_for_timeout(1500)  # the schema form renders after the deployment loads
+    add_item = page.get_by_role("button", name=re.compile("add item", re.I)).first
+    prompts = page.get_by_label(re.compile(r"^Prompt"))
+    for number, text in enumerate(BATCH):
+        await add_item.click()
+        await prompts.nth(number).wait_for()
+        await prompts.nth(number).fill(text)
+    # Polls 1-2 s apart instead of 5-30 s: the batch ends seconds after the relay does.
+    await page.get_by_label(re.compile(r"^poll_interval_seconds")).fill("1")
+    await page.get_by_label(re.compile(r"^max_poll_interval_seconds")).fill("2")
+    await shot(page, "12-batch-form-filled")
+    await page.get_by_role("button", name="Submit").click()
+    created = await newest_run_of(stack, deployments["generate-videos"], started)
+
+    async def named() -> Any:
+        run = await stack.read_run(created.id)
+        return run if run.name.startswith(f"{len(BATCH)} videos: ") else None
+
+    run = await eventually(named, "the batch named after its prompts", 120.0, 0.5, stack.report)
+    print(f"  flow run {run.id} named {run.name!r}", flush=True)
+
+    async def batch_progress() -> Any:
+        found = await artifacts_of(stack, run.id)
+        return next(
+            (
+                a
+                for a in found
+                if a.type == "progress"
+                and f"of {len(BATCH)} generations done" in str(a.description)
+            ),
+            None,
+        )
+
+    for prompt in BATCH:
+        await stack.submitted(stack.destination, prompt)
+    progress = await eventually(batch_progress, "the batch's progress", 120.0, 0.5, stack.report)
+    await page.goto(f"{ui}/runs/flow-run/{run.id}")
+    await page.get_by_text(run.name).first.wait_for()
+    with contextlib.suppress(Exception):
+        await page.get_by_role("tab", name=re.compile("artifacts", re.I)).first.click()
+    await page.wait_for_timeout(2500)
+    await shot(page, "13-batch-waiting-artifacts")
+    await page.goto(f"{ui}/artifacts/artifact/{progress.id}")
+    await page.get_by_text("generations done").first.wait_for()
+    await page.wait_for_timeout(1000)
+    await shot(page, "13-batch-progress")
+
+    stack.advance()
+    final = await stack.wait_for_final(run.id)
+    if final.state.type.value != "COMPLETED":
+        raise CheckFailed(
+            f"the generate-videos run ended {final.state.type.value}\n{stack.report()}"
+        )
+    done = await batch_progress()
+    if f"{len(BATCH)} of {len(BATCH)} generations done" not in str(done.description):
+        raise CheckFailed(f"the finished batch's progress reads {done.description!r}")
+    await check_task_runs(stack, run.id, generations=len(BATCH))
+    await page.goto(f"{ui}/artifacts/artifact/{done.id}")
+    await page.get_by_text(f"{len(BATCH)} of {len(BATCH)} generations done").first.wait_for()
+    await page.wait_for_timeout(1000)
+    await shot(page, "14-batch-progress-done")
+    await page.goto(f"{ui}/runs/flow-run/{run.id}")
+    await page.get_by_text(run.name).first.wait_for()
+    with contextlib.suppress(Exception):
+        await page.get_by_role("tab", name=re.compile("task runs", re.I)).first.click()
+    await page.wait_for_timeout(2500)
+    await shot(page, "14-batch-finished-task-runs")
+
+    tables = [a for a in await artifacts_of(stack, run.id) if a.type == "table"]
+    if len(tables) != 1:
+        raise CheckFailed(f"the batch left {len(tables)} table artifacts, not one")
+    await page.goto(f"{ui}/artifacts/artifact/{tables[0].id}")
+    for prompt in BATCH:
+        await page.get_by_text(prompt).first.wait_for()
+    await page.wait_for_timeout(1000)
+    await shot(page, "15-batch-table")
+    # The table is wider than the page: scrolled to its right end, the times show.
+    scrolled = await page.locator("main table").first.evaluate(SCROLL_RIGHT)
+    await page.wait_for_timeout(500)
+    await shot(page, "15-batch-table-times")
+    if not scrolled:
+        print("  (the batch table fits the page: no scrolling needed)", flush=True)
+    table = await page.locator("main").inner_text()
+    for column in ("submitted", "completed", "downloaded", "published", "failed"):
+        if column not in table:
+            raise CheckFailed(f"the batch's table has no {column!r} column")
+    print(f"  batch progress {done.description!r}; one table artifact {tables[0].key}", flush=True)
+
+
+async def check_block(page: Any, stack: Stack, ui: str, problems: list[str]) -> None:
     """The block's page, form and catalog card: logo loaded, docs link, a sound example."""
     async with stack.client() as client:
         block = await client.read_block_document_by_name(
@@ -337,6 +465,7 @@ async def check_block(page: Any, stack: Stack, ui: str) -> None:
     await page.wait_for_timeout(1500)
     await shot(page, "10-block-form")
     await image_loads(page, logo, "the block form's logo")
+    await none_toggles(page, "block form", problems)
     form = await page.locator("main").inner_text()
     for title in ("Base URL", "API key", "API style"):
         if title not in form:
@@ -377,12 +506,15 @@ async def run_check(tmp: Path) -> None:
                 await check_forms(page, ui, deployments, problems)
                 print("generate-video from its form ...", flush=True)
                 run = await run_from_form(page, stack, ui, deployments)
+                # Before the relay's links expire (check_artifact): the batch downloads.
+                print("generate-videos from its form ...", flush=True)
+                await run_batch_from_form(page, stack, ui, deployments)
                 print("The artifact after the relay's links expired ...", flush=True)
                 await check_artifact(page, stack, ui, run)
                 print("A failed generation ...", flush=True)
                 await check_failure(page, stack, ui, deployments)
                 print("The credentials block ...", flush=True)
-                await check_block(page, stack, ui)
+                await check_block(page, stack, ui, problems)
                 if problems:
                     raise CheckFailed("; ".join(problems))
             finally:
