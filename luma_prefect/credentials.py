@@ -133,9 +133,10 @@ class LumaRelayCredentials(CredentialsBlock):
         le=1000,
         description="Most connections open to the relay at once.",
     )
-    extra_headers: SecretDict | None = Field(
+    # Not `| None`: Prefect's form would show a None toggle; no headers is an empty dict.
+    extra_headers: SecretDict = Field(
         title="Extra headers",
-        default=None,
+        default_factory=lambda: SecretDict({}),
         description="Extra HTTP headers sent with every request (kept secret), if any.",
     )
     verify: bool | str = Field(
@@ -155,6 +156,11 @@ class LumaRelayCredentials(CredentialsBlock):
             "from its own network."
         ),
     )
+
+    @field_validator("extra_headers", mode="before")
+    @classmethod
+    def _no_headers_is_empty(cls, value: Any) -> Any:
+        return {} if value is None else value  # blocks saved before held null
 
     @field_validator("base_url")
     @classmethod
@@ -182,9 +188,7 @@ class LumaRelayCredentials(CredentialsBlock):
                 generation = await client.get_generation(generation_id)
             ```
         """
-        extra: Mapping[str, Any] = (
-            self.extra_headers.get_secret_value() if (self.extra_headers is not None) else {}
-        )
+        extra: Mapping[str, Any] = self.extra_headers.get_secret_value()
         settings: dict[str, Any] = {
             "api_style": self.api_style,
             "route_prefix": self.route_prefix,

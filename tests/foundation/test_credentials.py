@@ -408,3 +408,11 @@ async def test_a_key_echoed_by_the_relay_is_blanked_in_errors(status: int) -> No
     assert SECRET not in str(caught.value)
     assert SECRET not in (getattr(caught.value, "relay_message", "") or "")
     assert "refused" in str(caught.value)
+
+
+def test_no_extra_headers_is_an_empty_dict_and_the_form_has_no_none_toggle() -> None:
+    """Blocks saved before held null; Prefect's form shows a None toggle for `X | None`."""
+    block = LumaRelayCredentials(base_url="https://relay.example", api_key="k", extra_headers=None)
+    assert block.extra_headers.get_secret_value() == {}
+    schema = LumaRelayCredentials.model_json_schema()["properties"]["extra_headers"]
+    assert schema["type"] == "object" and "anyOf" not in schema
