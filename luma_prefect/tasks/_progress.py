@@ -110,7 +110,7 @@ class WaitProgress:
     def _what(self) -> str:
         if self._single():
             return f"Generation {short_id(self.ids[0])}"
-        return f"{len(self.ids) if self.expected is None else self.expected} generations"
+        return _generations(len(self.ids) if self.expected is None else self.expected)
 
     async def start(self) -> None:
         await self.display.create(0.0, f"{self._what()}: waiting for the relay's first answer.")
@@ -133,11 +133,15 @@ class WaitProgress:
             return self._single_progress(
                 seen
             ), f"{self._what()} is {_md(state)}: {waited}{estimate}."
-        waiting = ", ".join(f"{n} {_md(state)}" for state, n in sorted(seen.waiting.items()))
+        waiting = [f"{n} {_md(state)}" for state, n in sorted(seen.waiting.items())]
+        # A batch's wait: ids join as their submits return, so count the expected total.
+        total = max(seen.total, self.expected or 0)
+        if total > seen.total:
+            waiting.append(f"{total - seen.total} not submitted yet")
         return (
-            100.0 * seen.settled / max(seen.total, 1),
-            f"{seen.settled} of {seen.total} generations settled; waiting: "
-            f"{waiting or 'none'}; {waited}{estimate}.",
+            100.0 * seen.settled / max(total, 1),
+            f"{seen.settled} of {_generations(total)} settled; waiting: "
+            f"{', '.join(waiting) or 'none'}; {waited}{estimate}.",
         )
 
     @staticmethod
@@ -167,7 +171,7 @@ class WaitProgress:
         settled = sum(results.get(i) is not None for i in ids)
         await self.display.update(
             100.0 * settled / max(len(ids), 1),
-            f"{settled} of {len(ids)} generations settled after {took}: {summary}.",
+            f"{settled} of {_generations(len(ids))} settled after {took}: {summary}.",
         )
 
     async def fail(self, error: BaseException) -> None:
@@ -264,7 +268,7 @@ class BatchProgress:
         self.counts: dict[str, int] = {}
 
     async def start(self) -> None:
-        await self.display.create(0.0, f"0 of {self.total} generations done.")
+        await self.display.create(0.0, f"0 of {_generations(self.total)} done.")
 
     async def add(self, outcome: GenerationOutcome) -> None:
         """One generation ended (published or not)."""
@@ -280,9 +284,13 @@ class BatchProgress:
         )
         return (
             100.0 * done / max(self.total, 1),
-            f"{done} of {self.total} generations done after {took}"
+            f"{done} of {_generations(self.total)} done after {took}"
             + (f" ({summary})." if summary else "."),
         )
 
     async def finish(self) -> None:
         await self.display.update(*self._describe())
+
+
+def _generations(n: int) -> str:
+    return f"{n} generation" if n == 1 else f"{n} generations"

@@ -246,6 +246,28 @@ async def test_progress_updates_are_bounded_while_nothing_changes(
     assert "waited 2 min 0 s" in updates[-1]
 
 
+async def test_a_batch_wait_counts_the_generations_not_submitted_yet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ids join a batch's wait as their submits return: the text counts the whole batch."""
+    import prefect.artifacts
+
+    updates: list[tuple[float, str]] = []
+
+    async def update(artifact_id: UUID, progress: float, description: str) -> UUID:
+        updates.append((progress, description))
+        return artifact_id
+
+    monkeypatch.setattr(prefect.artifacts, "aupdate_progress_artifact", update)
+    progress = WaitProgress([], lambda: 5.0, expected=3)
+    progress.display.artifact_id = UUID(int=1)
+    await progress.round(WaitRound(5.0, 1, 0, True, {"pending": 1}, None, None))
+
+    share, text = updates[-1]
+    assert share == 0.0
+    assert text.startswith("0 of 3 generations settled; waiting: 1 pending, 2 not submitted")
+
+
 # -- forms --------------------------------------------------------------------------------
 
 
