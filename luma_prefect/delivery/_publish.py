@@ -291,7 +291,10 @@ async def create_failure_artifact(outcome: GenerationOutcome, key: str) -> None:
         lines.append(f"Last state seen on the relay: {_md(state)}.")
     if generation is not None and generation.failure_reason:
         lines.append(f"The relay's reason: {_md(generation.failure_reason)}")
-    lines += ["", "**What happened:** " + _md(outcome.error or "it was not published."), ""]
+    happened = outcome.error or "it was not published."
+    if outcome.status == "failed":  # the error's own advice is the next step's, below
+        happened = "the relay ended the generation as failed."
+    lines += ["", "**What happened:** " + _md(happened), ""]
     step: str = outcome.status
     if step == "error" and outcome.generation_id:
         step = "error_with_id"
