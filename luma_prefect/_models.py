@@ -374,11 +374,13 @@ class GenerationRequest(BaseModel):
         default=None, json_schema_extra=_OFF, description="Make the video loop seamlessly."
     )
     image_url: FormText = Field(
+        title="Image URL",
         default=None,
         json_schema_extra=_EMPTY,
         description="Optional start frame: an http(s) URL or a data:image base64 URI.",
     )
     image_end_url: FormText = Field(
+        title="End image URL",
         default=None,
         json_schema_extra=_EMPTY,
         description="Optional end frame: an http(s) URL or a data:image base64 URI.",
@@ -400,6 +402,7 @@ class GenerationRequest(BaseModel):
         description="5s on the relays that take one. Empty: the relay's default.",
     )
     callback_url: FormText = Field(
+        title="Callback URL",
         default=None,
         json_schema_extra=_EMPTY,
         description="Optional URL the relay calls when the generation is done.",
