@@ -69,6 +69,7 @@ from luma_prefect.tasks._common import (
 )
 from luma_prefect.tasks._waiting import follow_generations_task
 from luma_prefect.wait._engine import WaitFeed
+from luma_prefect.wait._settings import WaitSettings
 
 __all__ = [
     "LEASE",
@@ -120,6 +121,9 @@ class WaitOptions:
         self.timeout_seconds = timeout
         self.poll_interval_seconds = poll
         self.max_poll_interval_seconds = max(max_poll, poll)
+        # Checked now, before anything is submitted: a wait that refuses its options after
+        # a paid submit leaves that generation to the sweep.
+        WaitSettings(**self.as_kwargs())
 
     def as_kwargs(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -143,6 +147,13 @@ async def generate_one(
     batch the per-generation markdown artifact gives way to the batch's table.
     """
     ledger = Ledger(storage_for(destination))
+    if feed is not None and feed.error is not None:
+        # The batch can no longer wait: a submit now would pay for a generation left behind.
+        return GenerationOutcome(
+            generation_id="",
+            status="error",
+            error=f"Not submitted: the batch's wait had stopped ({feed.error}).",
+        )
     try:
         generation_id = await _submit_once(
             block, request, ledger, idempotency_key, position, destination
@@ -245,9 +256,15 @@ async def _follow(
     expected: int,
     batch_size: int = 50,
 ) -> int:
-    return await follow_generations_task(
-        block, feed, expected, batch_size=batch_size, **options.as_kwargs()
-    )
+    try:
+        return await follow_generations_task(
+            block, feed, expected, batch_size=batch_size, **options.as_kwargs()
+        )
+    except BaseException as exc:
+        # The task can fail before its body runs (Prefect refusing the run, a crash in its
+        # set-up): the generations waiting on the feed must hear it, or they wait forever.
+        feed.fail(exc)
+        raise
 
 
 async def _wait_one(

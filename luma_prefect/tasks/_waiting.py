@@ -192,16 +192,17 @@ async def follow_generations_task(
     with news. No Prefect timeout: ids join for as long as the batch runs, and the engine
     ends each one's wait within one call of its own deadline.
     """
-    settings = WaitSettings(
-        timeout_seconds=timeout_seconds,
-        poll_interval_seconds=poll_interval_seconds,
-        max_poll_interval_seconds=max(max_poll_interval_seconds, poll_interval_seconds),
-    )
     clock = _common.wait_clock
     progress = WaitProgress([], clock.monotonic, expected=expected) if progress_artifact else None
-    if progress is not None:
-        await progress.start()
     try:
+        # In the try: whatever fails here must reach the generations waiting on the feed.
+        settings = WaitSettings(
+            timeout_seconds=timeout_seconds,
+            poll_interval_seconds=poll_interval_seconds,
+            max_poll_interval_seconds=max(max_poll_interval_seconds, poll_interval_seconds),
+        )
+        if progress is not None:
+            await progress.start()
         async with await client_for(credentials, batch_size=batch_size) as client:
             results = await follow_generations(
                 client,
@@ -213,7 +214,7 @@ async def follow_generations_task(
                 log_each=expected <= _LOG_EACH_UP_TO,
             )
     except BaseException as exc:
-        feed.fail(exc if isinstance(exc, Exception) else LumaError("The wait was cancelled."))
+        feed.fail(exc)
         if progress is not None and isinstance(exc, Exception):
             await progress.fail(exc)
         raise

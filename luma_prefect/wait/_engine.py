@@ -122,7 +122,15 @@ class WaitFeed:
         self._arrived.set()
 
     def fail(self, error: BaseException) -> None:
-        """The wait broke as a whole: every id not settled yet (or joining later) gets it."""
+        """The wait broke as a whole: every id not settled yet (or joining later) gets it,
+        as a `LumaError` (each generation's outcome, not a crash of the whole batch)."""
+        if self._error is not None:
+            error = self._error  # the first cause is the one to tell
+        elif not isinstance(error, LumaError):
+            error = LumaError(
+                f"The batch's wait stopped ({type(error).__name__}: {error}). The generation "
+                "is in the destination's ledger: the collect-pending deployment finishes it."
+            )
         self._error = error
         self._closed = True
         for future in self._results.values():
@@ -133,6 +141,11 @@ class WaitFeed:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the wait broke as a whole, once it has (then nothing more should join)."""
+        return self._error
 
     def _take(self) -> list[tuple[str, float | None]]:
         joining, self._joining = self._joining, []
