@@ -262,6 +262,11 @@ class PartTransfer:
                 "on the credentials block.",
                 generation_id=self.gid,
             ) from None
+        except aiohttp.ClientError as exc:
+            # What httpx-aiohttp does not map to httpx's errors (a malformed answer, an
+            # oversized header): a break-off like any other, resumed; its text names the
+            # signed link, so only its kind is kept.
+            raise TransientError(f"{type(exc).__name__} from the CDN") from None
         except httpx.TooManyRedirects:
             raise LumaDownloadError(
                 f"The {self.name} link of generation {self.gid} redirected more than "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 from collections.abc import AsyncIterator, Callable
@@ -292,3 +293,31 @@ async def test_extensions_fall_back_to_the_url_then_the_default(
         "thumbnail": "thumbnail.webp",
         "last_frame": "last_frame.jpg",
     }
+
+
+async def test_an_answer_aiohttp_cannot_read_is_a_break_off_that_names_no_link(
+    tmp_path: Path,
+) -> None:
+    """A header over aiohttp's limit (8190 bytes) is not one of the errors httpx-aiohttp
+    maps: it is still a break-off (resumed), and its text, which holds the signed link,
+    stays out of the error."""
+    from luma_prefect.delivery._transfer import PartTransfer, TransientError, media_client
+    from luma_prefect.storage import storage_for
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{port}/video.mp4?X-Amz-Signature=secret-signature"
+    part = storage_for(str(tmp_path)).open_part("gen-1/video")
+    async with server, media_client(allow_private_hosts=True) as http:
+        transfer = PartTransfer(http, part, name="video", generation_id="gen-1", meta={})
+        with pytest.raises(TransientError) as caught:
+            await transfer.run(url, deadline=float("inf"))
+
+    assert "secret-signature" not in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
