@@ -171,9 +171,10 @@ def pending_automation(
                 state=StateType.CRASHED,
                 force=False,
                 message=(
-                    f"Pending for {within_seconds:g} s and never started: its worker died "
-                    "before the run began, nothing was submitted; run it again "
-                    "(luma-prefect automation)."
+                    f"Pending for {within_seconds:g} s without starting (its worker likely "
+                    "died after claiming it). If it starts later it carries on and pays once. "
+                    "To run it, retry this flow run (its identity keeps the submit to one); "
+                    "a new run of the same request could pay twice (luma-prefect automation)."
                 ),
             )
         ],
