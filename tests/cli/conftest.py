@@ -17,11 +17,16 @@ Run = Callable[..., subprocess.CompletedProcess[str]]
 ENTRY_POINT = Path(sys.executable).with_name("luma-prefect")
 
 
+_HELD: list[socket.socket] = []
+
+
 def closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (it was free a moment ago)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port on 127.0.0.1 that nothing listens on: bound here, never listened on, and held
+    for the session, so no server of another test (or xdist worker) can take it meanwhile."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    _HELD.append(probe)
+    return int(probe.getsockname()[1])
 
 
 def one_line_error(result: subprocess.CompletedProcess[str] | object) -> str:
