@@ -52,7 +52,8 @@ def test_the_pending_automation_crashes_luma_runs_that_never_started() -> None:
         "prefect.tag.luma"
     )
     (action,) = pending_automation(120).actions
-    assert action.state.value == "CRASHED" and "nothing was submitted" in action.message
+    assert action.state.value == "CRASHED" and "retry this flow run" in action.message
+    assert "run it again" not in action.message  # a new run could pay twice
     assert not pending_automation(120, all_flow_runs=True).trigger.match_related
 
 

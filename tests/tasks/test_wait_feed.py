@@ -15,6 +15,7 @@ from luma_prefect import (
     GenerationRequest,
     GenerationState,
     LumaClient,
+    LumaError,
     LumaGenerationFailed,
     LumaWaitTimeout,
 )
@@ -136,7 +137,12 @@ async def test_a_broken_wait_fails_every_id_still_waiting_and_any_that_joins_lat
     late = feed.add("5665a07c-7641-4809-a133-10786201bb56")
 
     for future in (waiting, late):
-        assert future.exception() is broken
+        error = future.exception()
+        # Each waiting generation's own outcome: a LumaError that names the cause.
+        assert isinstance(error, LumaError) and "RuntimeError: the wait broke" in str(error)
+
+    feed.fail(RuntimeError("a second cause"))  # the first cause stays the one told
+    assert "the wait broke" in str(feed.add("6665a07c-7641-4809-a133-10786201bb56").exception())
 
 
 async def test_a_chunk_answered_early_settles_its_ids_before_the_round_ends(
