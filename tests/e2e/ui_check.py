@@ -356,9 +356,17 @@ async def run_batch_from_form(
     # Polls 1-2 s apart instead of 5-30 s: the batch ends seconds after the relay does.
     await page.get_by_label(re.compile(r"^poll_interval_seconds")).fill("1")
     await page.get_by_label(re.compile(r"^max_poll_interval_seconds")).fill("2")
+    # Leave the number field first: a Submit clicked while it still had the focus once
+    # started no run (the form takes a number field's value when it is left).
+    await page.keyboard.press("Tab")
+    await page.wait_for_timeout(500)
     await shot(page, "12-batch-form-filled")
     await page.get_by_role("button", name="Submit").click()
-    created = await newest_run_of(stack, deployments["generate-videos"], started)
+    try:
+        created = await newest_run_of(stack, deployments["generate-videos"], started)
+    except BaseException:
+        await shot(page, "12-batch-form-after-submit")  # what the form said instead
+        raise
 
     async def named() -> Any:
         run = await stack.read_run(created.id)
