@@ -89,43 +89,19 @@ def zombie_automation(
         print(automation.trigger.within)
         ```
     """
-    from prefect.client.schemas.objects import StateType
-    from prefect.events.actions import ChangeFlowRunState
-    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
-    from prefect.events.schemas.events import ResourceSpecification
-
-    if within_seconds < 10:
-        raise ValueError("within_seconds must be at least 10 (Prefect's proactive minimum).")
-    scope, scoped = _scope(all_flow_runs)
-    return AutomationCore(
-        name=AUTOMATION_NAME,
-        description=(
-            f"Installed by luma-prefect: marks {scope} Crashed when no heartbeat or final "
-            f"state followed a heartbeat or their start within {within_seconds:g} s (a dead "
-            "worker), so "
-            "collect-pending finishes their generations at its next sweep."
+    scope = _scope(all_flow_runs)[0]
+    return _crash_automation(
+        AUTOMATION_NAME,
+        f"Installed by luma-prefect: marks {scope} Crashed when no heartbeat or final state "
+        f"followed a heartbeat or their start within {within_seconds:g} s (a dead worker), so "
+        "collect-pending finishes their generations at its next sweep.",
+        after=_ALIVE,
+        expect=_EXPECTED,
+        within_seconds=within_seconds,
+        message=(
+            f"No heartbeat for {within_seconds:g} s: its worker died (luma-prefect automation)."
         ),
-        trigger=EventTrigger(
-            after=set(_ALIVE),
-            expect=set(_EXPECTED),
-            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
-            **scoped,
-            for_each={"prefect.resource.id"},
-            posture=Posture.Proactive,
-            threshold=1,
-            within=timedelta(seconds=within_seconds),
-        ),
-        actions=[
-            ChangeFlowRunState(
-                name="Crashed",
-                state=StateType.CRASHED,
-                force=False,
-                message=(
-                    f"No heartbeat for {within_seconds:g} s: its worker died "
-                    "(luma-prefect automation)."
-                ),
-            )
-        ],
+        all_flow_runs=all_flow_runs,
     )
 
 
@@ -140,6 +116,37 @@ def pending_automation(
         print(automation.trigger.after)
         ```
     """
+    scope = _scope(all_flow_runs)[0]
+    return _crash_automation(
+        PENDING_AUTOMATION_NAME,
+        f"Installed by luma-prefect: marks {scope} Crashed when they stayed Pending (claimed "
+        f"by a worker, never started) for {within_seconds:g} s: the worker likely died before "
+        "the run began.",
+        after=("prefect.flow-run.Pending",),
+        expect=_STARTED,
+        within_seconds=within_seconds,
+        message=(
+            f"Pending for {within_seconds:g} s without starting (its worker likely died after "
+            "claiming it). If it starts later it carries on and pays once. To run it, retry "
+            "this flow run (its identity keeps the submit to one); a new run of the same "
+            "request could pay twice (luma-prefect automation)."
+        ),
+        all_flow_runs=all_flow_runs,
+    )
+
+
+def _crash_automation(
+    name: str,
+    description: str,
+    *,
+    after: tuple[str, ...],
+    expect: tuple[str, ...],
+    within_seconds: float,
+    message: str,
+    all_flow_runs: bool,
+) -> Any:
+    """An automation that marks a flow run Crashed when `after` was not followed by any of
+    `expect` within `within_seconds` (Prefect's proactive trigger, per flow run)."""
     from prefect.client.schemas.objects import StateType
     from prefect.events.actions import ChangeFlowRunState
     from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
@@ -147,17 +154,13 @@ def pending_automation(
 
     if within_seconds < 10:
         raise ValueError("within_seconds must be at least 10 (Prefect's proactive minimum).")
-    scope, scoped = _scope(all_flow_runs)
+    scoped = _scope(all_flow_runs)[1]
     return AutomationCore(
-        name=PENDING_AUTOMATION_NAME,
-        description=(
-            f"Installed by luma-prefect: marks {scope} Crashed when they stayed Pending "
-            f"(claimed by a worker, never started) for {within_seconds:g} s: the worker died "
-            "before the run began, so nothing was submitted."
-        ),
+        name=name,
+        description=description,
         trigger=EventTrigger(
-            after={"prefect.flow-run.Pending"},
-            expect=set(_STARTED),
+            after=set(after),
+            expect=set(expect),
             match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
             **scoped,
             for_each={"prefect.resource.id"},
@@ -167,15 +170,7 @@ def pending_automation(
         ),
         actions=[
             ChangeFlowRunState(
-                name="Crashed",
-                state=StateType.CRASHED,
-                force=False,
-                message=(
-                    f"Pending for {within_seconds:g} s without starting (its worker likely "
-                    "died after claiming it). If it starts later it carries on and pays once. "
-                    "To run it, retry this flow run (its identity keeps the submit to one); "
-                    "a new run of the same request could pay twice (luma-prefect automation)."
-                ),
+                name="Crashed", state=StateType.CRASHED, force=False, message=message
             )
         ],
     )

@@ -20,7 +20,13 @@ from luma_prefect.tasks._common import (
     client_for,
 )
 from luma_prefect.tasks._progress import WaitProgress
-from luma_prefect.wait._engine import WaitFeed, WaitSettings, follow_generations, normalise_states
+from luma_prefect.wait._engine import (
+    LOG_EACH_ID_UP_TO,
+    WaitFeed,
+    WaitSettings,
+    follow_generations,
+    normalise_states,
+)
 from luma_prefect.wait._engine import wait_for_generations as _wait_engine
 
 
@@ -211,7 +217,7 @@ async def follow_generations_task(
                 clock=clock,
                 logger=get_run_logger(),
                 on_round=progress.round if progress is not None else None,
-                log_each=expected <= _LOG_EACH_UP_TO,
+                log_each=expected <= LOG_EACH_ID_UP_TO,
             )
     except BaseException as exc:
         feed.fail(exc)
@@ -221,7 +227,3 @@ async def follow_generations_task(
     if progress is not None:
         await progress.finish(results)
     return len(results)
-
-
-# Per-generation INFO lines of a batch's wait up to this many generations, a summary beyond.
-_LOG_EACH_UP_TO = 25

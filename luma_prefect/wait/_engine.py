@@ -46,7 +46,7 @@ __all__ = [
 # A failed round of polling that may pass: absorbed by the error budget.
 _TRANSIENT = (LumaServerError, LumaTransportError, LumaProtocolError, LumaRateLimitError)
 # Per-id logging stops being useful (and costs the Prefect API) on large batches.
-_LOG_EACH_ID_UP_TO = 25
+LOG_EACH_ID_UP_TO = 25
 
 
 ProgressCallback = Callable[[int, int], Awaitable[None]]
@@ -198,7 +198,7 @@ async def wait_for_generations(
         on_progress=on_progress,
         on_round=on_round,
         return_when=return_when,
-        log_each=len(ids) <= _LOG_EACH_ID_UP_TO,
+        log_each=len(ids) <= LOG_EACH_ID_UP_TO,
     )
     return {i: results[i] for i in ids if i in results}
 
