@@ -64,6 +64,9 @@ class Chaos:
         self.jobdir, self.name, self.plan = jobdir, name, plan
         self.phase = "start"
         self._lock = threading.Lock()
+        # A timer and a kill point can fire together; the second waits here for the SIGKILL
+        # (both once wrote the same temporary file, and the test read an empty note).
+        self._dying = threading.Lock()
 
     def enter(self, phase: str) -> None:
         with self._lock:
@@ -83,6 +86,7 @@ class Chaos:
         timer.start()
 
     def kill(self, how: str) -> None:
+        self._dying.acquire()
         note = json.dumps({"how": how, "phase": self.phase})
         _put(self.jobdir / f"{self.name}.killed", note)
         os.kill(os.getpid(), signal.SIGKILL)
