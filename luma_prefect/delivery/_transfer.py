@@ -51,9 +51,8 @@ _MAX_REDIRECTS = 10
 # aiohttp's read buffer per connection (its default is 64 KiB). httpx-aiohttp reads the body
 # in fixed 16 KiB pieces; with a 64 KiB buffer aiohttp pauses and resumes the socket around
 # nearly every piece. 4 MiB measured 3.5 CPU s/GiB against 5.1 (256 KiB), 4.4 (1 MiB) and
-# 4.1 (16 MiB) over https on loopback (512 MiB side runs of bench_download's clients). It
-# bounds memory (up to twice this per connection) and what a break-off loses (aiohttp drops
-# what it read ahead then: 6 MiB in bench_download's cut at 50 %).
+# 4.1 (16 MiB) over https on loopback (bench_download). It bounds memory (up to twice this
+# per connection) and what a break-off loses (aiohttp drops its unread buffer then).
 _READ_BUFFER = 4 * 1024 * 1024
 _EXTENSIONS = {
     "video/mp4": ".mp4",
