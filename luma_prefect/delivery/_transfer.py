@@ -16,14 +16,11 @@ import logging
 import posixpath
 import re
 import typing
-import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
 
 from luma_prefect._exceptions import LumaConfigurationError, LumaDownloadError
 from luma_prefect._tls import Verify, ssl_context
@@ -48,12 +45,6 @@ EXPIRED_STATUSES = (401, 403, 404, 410)
 _TRANSIENT = (408, 425, 429, 500, 502, 503, 504, 520, 522, 524)
 _PROGRESS_EVERY = 0.25  # seconds: a few updates a second are plenty for a progress bar
 _MAX_REDIRECTS = 10
-# aiohttp's read buffer per connection (its default is 64 KiB). httpx-aiohttp reads the body
-# in fixed 16 KiB pieces; with a 64 KiB buffer aiohttp pauses and resumes the socket around
-# nearly every piece. 4 MiB measured 3.5 CPU s/GiB against 5.1 (256 KiB), 4.4 (1 MiB) and
-# 4.1 (16 MiB) over https on loopback (bench_download). It bounds memory (up to twice this
-# per connection) and what a break-off loses (aiohttp drops its unread buffer then).
-_READ_BUFFER = 4 * 1024 * 1024
 _EXTENSIONS = {
     "video/mp4": ".mp4",
     "video/quicktime": ".mov",
@@ -88,18 +79,14 @@ def media_client(
     allow_private_hosts: bool = False,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> httpx.AsyncClient:
-    """A plain client for CDN links: no relay key, checked redirects, httpx's public API.
+    """A plain client for CDN links: no relay key, checked redirects, httpx's own transport.
 
     `verify` is True, False or a CA bundle path (one SSL context per process and setting).
     Links and redirects to private, loopback or link-local hosts are refused unless
-    `allow_private_hosts`; an https link never follows a redirect to http. Bodies go over
-    aiohttp (the `httpx-aiohttp` transport), unless a proxy is configured in the environment
-    (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`; `NO_PROXY` applies): then over httpx's own
-    transport, which applies it as httpx does. A given `transport` is used as it is. Why:
-    README, "Media files".
+    `allow_private_hosts`; an https link never follows a redirect to http. Proxies from the
+    environment (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`) apply as in httpx
+    (unless a `transport` is given). Why httpx's own transport: README, "Media files".
     """
-    if transport is None and not _proxy_in_environment():
-        transport = _aiohttp_transport(max_connections, verify)
     try:
         return httpx.AsyncClient(
             verify=ssl_context(verify),
@@ -118,25 +105,6 @@ def media_client(
             f"installed ({exc}). Install it (pip install 'httpx[socks]'), or unset the "
             "proxy variables for media downloads."
         ) from exc
-
-
-def _proxy_in_environment() -> bool:
-    # The variables httpx reads (through the same stdlib call) when it has no transport given.
-    return any(urllib.request.getproxies().get(key) for key in ("http", "https", "all"))
-
-
-def _aiohttp_transport(max_connections: int, verify: Verify) -> AiohttpTransport:
-    """httpx-aiohttp's transport over a session of ours: its `client` option, so the read
-    buffer can be set (no other option of the transport sets it)."""
-    context = ssl_context(verify)
-
-    def session() -> aiohttp.ClientSession:  # called at the first request, in its loop
-        connector = aiohttp.TCPConnector(ssl=context, limit=max_connections)
-        return aiohttp.ClientSession(connector=connector, read_bufsize=_READ_BUFFER)
-
-    return AiohttpTransport(
-        verify=context, limits=httpx.Limits(max_connections=max_connections), client=session
-    )
 
 
 class Stalled(Exception):
@@ -261,11 +229,6 @@ class PartTransfer:
                 "on the credentials block.",
                 generation_id=self.gid,
             ) from None
-        except aiohttp.ClientError as exc:
-            # What httpx-aiohttp does not map to httpx's errors (a malformed answer, an
-            # oversized header): a break-off like any other, resumed; its text names the
-            # signed link, so only its kind is kept.
-            raise TransientError(f"{type(exc).__name__} from the CDN") from None
         except httpx.TooManyRedirects:
             raise LumaDownloadError(
                 f"The {self.name} link of generation {self.gid} redirected more than "

@@ -12,7 +12,6 @@ import httpx
 import pytest
 
 from luma_prefect import Generation, LumaClient
-from luma_prefect._tls import ssl_context
 from luma_prefect.delivery._transfer import media_client
 from luma_prefect.simulator import RelaySimulator, SimulatorTLS
 
@@ -65,17 +64,6 @@ async def http(luma_simulator_tls: SimulatorTLS) -> AsyncIterator[httpx.AsyncCli
     """The media client `sim.credentials()` gives: trusts the run's CA, allows 127.0.0.1."""
     async with media_client(
         verify=luma_simulator_tls.ca_file or True, allow_private_hosts=True
-    ) as c:
-        yield c
-
-
-@pytest.fixture
-async def http_over_httpx(luma_simulator_tls: SimulatorTLS) -> AsyncIterator[httpx.AsyncClient]:
-    """`http` over httpx's own transport (the one used where a proxy is configured); also
-    for CDNs mocked with respx, which replaces httpcore's connections (not aiohttp's)."""
-    verify = ssl_context(luma_simulator_tls.ca_file or True)
-    async with media_client(
-        allow_private_hosts=True, transport=httpx.AsyncHTTPTransport(verify=verify)
     ) as c:
         yield c
 

@@ -137,16 +137,13 @@ async def test_a_part_left_by_a_crashed_run_is_resumed(
 
 
 async def test_a_cancelled_download_keeps_exactly_what_it_wrote_and_resumes_from_there(
-    sim_factory: Callable[..., RelaySimulator],
-    client_for: Callable[[RelaySimulator], LumaClient],
+    sim: RelaySimulator,
+    client: LumaClient,
+    completed: Callable[..., Any],
     dest: Path,
     http: httpx.AsyncClient,
 ) -> None:
-    # Larger than what aiohttp reads ahead (up to 8 MiB): the cancellation lands mid-file.
-    size = 32 * MIB
-    sim = sim_factory(video_bytes=size)
-    client = client_for(sim)
-    generation = await client.get_generation(sim.create_generation(state="completed"))
+    generation = await completed()
 
     def cancel_once_started(name: str, done: int, total: int | None) -> None:
         if done:  # a batch is written (or being written by the worker thread)
@@ -166,7 +163,7 @@ async def test_a_cancelled_download_keeps_exactly_what_it_wrote_and_resumes_from
         await download
     part = dest / generation.id / "video.part"
     kept = part.stat().st_size
-    assert 0 < kept < size
+    assert 0 < kept < SIZE
     assert part.read_bytes() == synthetic_bytes(0, kept)  # every write finished, none torn
     sim.reset_counters()
 
@@ -174,8 +171,8 @@ async def test_a_cancelled_download_keeps_exactly_what_it_wrote_and_resumes_from
         client, generation, storage_for(dest), assets=("video",), http=http
     )
 
-    assert sim.counters().bytes_served == size - kept
-    assert done.assets["video"].sha256 == hashlib.sha256(synthetic_bytes(0, size)).hexdigest()
+    assert sim.counters().bytes_served == SIZE - kept
+    assert done.assets["video"].sha256 == hashlib.sha256(synthetic_bytes(0, SIZE)).hexdigest()
 
 
 async def test_a_part_from_another_link_is_not_appended_to(
@@ -225,15 +222,12 @@ async def test_a_whole_part_is_committed_without_fetching_it_again(
     assert done.assets["video"].sha256 == hashlib.sha256(synthetic_bytes(0, SIZE)).hexdigest()
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
 async def test_resume_attempts_run_out_with_a_clear_error(
     sim: RelaySimulator,
     client: LumaClient,
     completed: Callable[..., Any],
     dest: Path,
     http: httpx.AsyncClient,
-    http_over_httpx: httpx.AsyncClient,
-    transport: str,
 ) -> None:
     generation = await completed()
     sim.add_fault(drop(after_bytes=100_000, times=None))
@@ -245,7 +239,7 @@ async def test_resume_attempts_run_out_with_a_clear_error(
             storage_for(dest),
             assets=("video",),
             max_resume_attempts=2,
-            http=http if transport == "aiohttp" else http_over_httpx,
+            http=http,
         )
 
     message = str(info.value)
@@ -253,14 +247,8 @@ async def test_resume_attempts_run_out_with_a_clear_error(
     assert "broke off 3 times" in message and "run again" in message
     assert sim.counters().media_requests_by_generation == {generation.id: 3}
     part = dest / generation.id / "video.part"
-    kept = part.stat().st_size
-    if transport == "httpx":
-        assert kept == 300_000  # what each attempt received is kept
-    else:
-        # aiohttp drops what it had buffered but not handed over when the connection
-        # breaks: the part keeps what was read before (README, "Media files").
-        assert kept <= 300_000
-    assert part.read_bytes() == synthetic_bytes(0, kept)
+    assert part.stat().st_size == 300_000  # what each attempt received is kept
+    assert part.read_bytes() == synthetic_bytes(0, 300_000)
 
 
 async def test_a_transient_cdn_error_is_retried(
@@ -300,7 +288,7 @@ class _BreaksOff(httpx.AsyncByteStream):
 
 
 async def test_a_server_that_ignores_range_makes_the_download_start_over(
-    client: LumaClient, dest: Path, http_over_httpx: httpx.AsyncClient
+    client: LumaClient, dest: Path, http: httpx.AsyncClient
 ) -> None:
     body = bytes(range(256)) * 40
     url = "https://cdn.example/v/video.mp4?X-Amz-Signature=secret"
@@ -322,7 +310,7 @@ async def test_a_server_that_ignores_range_makes_the_download_start_over(
             storage_for(dest),
             video_sources=("url",),
             assets=("video",),
-            http=http_over_httpx,
+            http=http,
         )
 
     assert seen_ranges == [None, "bytes=4000-"]
