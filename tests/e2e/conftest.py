@@ -21,6 +21,7 @@ from ._postgres import (
 from ._stack import Processes, Stack, command, start_stack
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marker into a group
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under pytest-xdist (`make test`: `--dist loadgroup`), the tests that share a session
     stack run in one worker, so each stack starts once (a server takes 10-20 s to start)."""
