@@ -20,8 +20,9 @@ demo: $(STAMP)
 # Tests spread over the cores (pytest-xdist), two workers per core: a worker spends about
 # half its time waiting on servers and subprocesses. On 2 cores the suite took 5 min 46 s
 # with 2 workers, 4 min 07 s with 4 and 4 min 14 s with 6 (one run each, same tree).
-# `make test TEST_WORKERS=0` runs everything in one process.
-TEST_WORKERS ?= $(shell echo $$(( 2 * $$(nproc) )))
+# At most 8: each worker starts its own Prefect API (about 300 MB). `make test
+# TEST_WORKERS=0` runs everything in one process.
+TEST_WORKERS ?= $(shell n=$$(( 2 * $$(nproc) )); echo $$(( n < 8 ? n : 8 )))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
