@@ -67,6 +67,7 @@ from luma_prefect.tasks._common import (
     WAIT_BACKSTOP_MARGIN_SECONDS,
     Destination,
 )
+from luma_prefect.tasks._throttle import relay_slots
 from luma_prefect.tasks._waiting import follow_generations_task
 from luma_prefect.wait._engine import WaitFeed
 from luma_prefect.wait._settings import WaitSettings
@@ -217,6 +218,30 @@ async def generate_many(
     """
     if not requests:
         return []
+    # The batch's relay requests share slots of the relay's limit (`relay_slots`).
+    async with relay_slots(block.base_url):
+        return await _generate_many(
+            block,
+            requests,
+            destination,
+            options,
+            assets,
+            idempotency_key,
+            max_concurrent,
+            on_outcome,
+        )
+
+
+async def _generate_many(
+    block: LumaRelayCredentials,
+    requests: Sequence[GenerationRequest],
+    destination: Destination,
+    options: WaitOptions,
+    assets: list[AssetName],
+    idempotency_key: str | None,
+    max_concurrent: int,
+    on_outcome: Callable[[GenerationOutcome], Awaitable[None]] | None,
+) -> list[GenerationOutcome]:
     feed = WaitFeed()
     waiter = asyncio.create_task(_follow(block, feed, options, len(requests)))
     gate = asyncio.Semaphore(max_concurrent)
@@ -509,6 +534,35 @@ async def collect(
             )
     if not remaining:
         return [outcomes[i] for i in dict.fromkeys(generation_ids)]
+    # The batch's relay requests share slots of the relay's limit (`relay_slots`).
+    async with relay_slots(block.base_url):
+        await _collect(
+            block,
+            remaining,
+            outcomes,
+            ledger,
+            destination,
+            options,
+            assets,
+            batch_size,
+            skip_published,
+            on_outcome,
+        )
+    return [outcomes[i] for i in dict.fromkeys(generation_ids)]
+
+
+async def _collect(
+    block: LumaRelayCredentials,
+    remaining: list[str],
+    outcomes: dict[str, GenerationOutcome],
+    ledger: Ledger,
+    destination: Destination,
+    options: WaitOptions,
+    assets: list[AssetName],
+    batch_size: int,
+    skip_published: bool,
+    on_outcome: Callable[[GenerationOutcome], Awaitable[None]] | None,
+) -> None:
     feed = WaitFeed()
     # One deadline for the whole batch: every id joins now.
     settling = {i: feed.add(i, options.timeout_seconds) for i in remaining}
@@ -548,7 +602,6 @@ async def collect(
     finally:
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await waiter
-    return [outcomes[i] for i in dict.fromkeys(generation_ids)]
 
 
 async def deliver(
