@@ -265,6 +265,7 @@ class _SlotPool:
         self._context = contextvars.copy_context()
         self._groups: list[_Group] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._acquiring: set[asyncio.Task[None]] = set()
         self._waiting = 0
         self._opening = False
         self._closing = False
@@ -327,6 +328,8 @@ class _SlotPool:
         task = asyncio.create_task(self._hold(grow), context=self._context.copy())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        self._acquiring.add(task)
+        task.add_done_callback(self._acquiring.discard)
 
     async def _free_slots(self) -> int:
         """Slots of the limit nobody holds right now (the limit made if missing)."""
@@ -361,6 +364,9 @@ class _SlotPool:
             self._failure, self._failures = exc, self._failures + 1
             self._notify()
             return
+        current = asyncio.current_task()
+        if current is not None:
+            self._acquiring.discard(current)
         group = _Group(k)
         self._groups.append(group)
         self._opening = False
@@ -391,5 +397,9 @@ class _SlotPool:
     async def close(self) -> None:
         self._closing = True
         self._notify()
+        # The batch is over: a group still waiting for slots (a full limit) is not needed;
+        # Prefect gives back what a cancelled acquisition is granted after all.
+        for task in self._acquiring:
+            task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -148,3 +148,30 @@ async def test_a_batch_keeps_its_slots_after_the_task_run_that_took_them_ended()
 
     assert await batch() == 1
     assert await _slots_held(name) == 0
+
+
+async def test_a_batch_that_ends_while_waiting_for_a_full_limit_ends_at_once() -> None:
+    """Its one request gave up (cancelled) while the limit was full: the batch does not
+    wait for slots nobody needs any more (up to SLOT_TIMEOUT_SECONDS before)."""
+    from prefect.concurrency.asyncio import concurrency
+
+    base_url, name = await _new_limit(1)
+    gate = relay_gate(base_url)
+
+    async def request() -> None:
+        async with gate():
+            pass
+
+    async with concurrency(name, occupy=1, strict=True):  # another worker holds it all
+        scope = relay_slots(base_url)
+        await scope.__aenter__()
+        waiting = asyncio.create_task(request())
+        pool = _throttle._POOL.get()
+        assert pool is not None
+        while not pool._acquiring:
+            await asyncio.sleep(0)
+        waiting.cancel()
+        async with asyncio.timeout(30):  # not the 300 s a slot may be waited for
+            await scope.__aexit__(None, None, None)
+        assert waiting.cancelled()
+    assert await _slots_held(name) == 0
