@@ -20,7 +20,10 @@ so all N settle in the first poll round. Every published video's sha256 is check
 against its manifest after the run.
 
 `--source DIR` runs the flows from another checkout (e.g. `git archive main | tar -x -C
-DIR`): how the figures "before" below were taken.
+DIR`): how the figures "before" below were taken. `--against DIR` alternates, in each run
+and on the same server and simulator, the flows from DIR and from this checkout (DIR
+first), and prints both side by side (medians), with the events per generation by name,
+wall time and the load average of their runs.
 
 Before this change (main e06165c, 2 cores shared with ~6 other jobs, load average ~15-20,
 one run each, 50 in flight):
@@ -339,7 +342,9 @@ def _verify(destination: Path) -> int:
     return checked
 
 
-def measure(stack: Stack, flow: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
+def measure(
+    stack: Stack, flow: str, n: int, args: argparse.Namespace, source: str | None = None
+) -> dict[str, Any]:
     destination = Path(tempfile.mkdtemp(prefix=f"{flow}-{n}-", dir=stack.tmp))
     ids = stack.seed_completed(n) if flow == "collect_generations" else []
     command = [
@@ -361,10 +366,12 @@ def measure(stack: Stack, flow: str, n: int, args: argparse.Namespace) -> dict[s
     if args.profile:
         command += ["--profile", f"{args.profile}.{flow}.{n}"]
     env = dict(stack.env)
-    if args.source:
-        env["PYTHONPATH"] = str(Path(args.source).resolve())
+    if source:
+        env["PYTHONPATH"] = str(Path(source).resolve())
     since = _iso(time.time() - 1)
+    load_before = os.getloadavg()[0]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    load_after = os.getloadavg()[0]
     if done.returncode != 0:
         sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
         raise SystemExit(f"the {flow} run failed (exit {done.returncode})")
@@ -375,7 +382,7 @@ def measure(stack: Stack, flow: str, n: int, args: argparse.Namespace) -> dict[s
     row["events"] = sum(events.values())
     row["events_by_name"] = dict(events.most_common())
     row["verified"] = _verify(destination)
-    row.update(flow=flow, n=n)
+    row.update(flow=flow, n=n, source=source or str(ROOT), load=(load_before, load_after))
     shutil.rmtree(destination, ignore_errors=True)
     return row
 
@@ -395,6 +402,29 @@ def _fmt_row(flow: str, n: int, figures: dict[str, float] | None) -> str:
     )
 
 
+def _median(rows: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    """The median run by CPU (runs are few, the machine is noisy), per generation."""
+    r = sorted(rows, key=lambda r: r["cpu"])[len(rows) // 2]
+    return {
+        "cpu_ms": 1000 * r["cpu"] / n,
+        "task_runs": r["task_runs"] / n,
+        "events": r["events"] / n,
+        "rss_mb": r["rss_growth_mb"],
+        "wall": r["wall"],
+        "by_name": {name: count / n for name, count in r["events_by_name"].items()},
+    }
+
+
+def _by_name(left: dict[str, float] | None, right: dict[str, float]) -> None:
+    """Events per generation by name, both sides, largest first."""
+    left = left or {}
+    names = sorted(set(left) | set(right), key=lambda k: -max(left.get(k, 0), right.get(k, 0)))
+    for name in names:
+        a = f"{left[name]:.3f}" if name in left else "-"
+        b = f"{right[name]:.3f}" if name in right else "-"
+        print(f"      {name:<44} {a:>8} | {b:>8}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100,500", help="generations per run, comma-separated")
@@ -402,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1, help="runs per flow and size")
     parser.add_argument("--in-flight", type=int, default=50, help="generate_videos max_concurrent")
     parser.add_argument("--source", help="run the flows from this checkout instead")
+    parser.add_argument("--against", help="alternate each run with the flows of this checkout")
     parser.add_argument("--json", help="also write the raw rows to this file")
     parser.add_argument("--profile", help="cProfile the flow process into this file (+ flow, N)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -426,28 +457,36 @@ def main(argv: list[str] | None = None) -> int:
             f"pending + {PROCESSING_SECONDS:g} s processing), polls {POLLS}, "
             f"{args.in_flight} in flight; code from {args.source or ROOT}.\n"
         )
+        sources = [args.against, args.source] if args.against else [args.source]
         for _ in range(args.runs):
             for n in sizes:
                 for flow in flows:
-                    row = measure(stack, flow, n, args)
-                    rows.append(row)
-                    print(
-                        f"{flow} n={n}: {row['state']}, {row['published']} published, "
-                        f"{row['verified']} sha256-verified {row['not_published'] or ''}; "
-                        f"CPU {row['cpu']:.1f} s, wall "
-                        f"{row['wall']:.1f} s; {row['task_runs']} task runs; {row['events']} "
-                        f"events {row['events_by_name']}; peak RSS +{row['rss_growth_mb']:.1f} MB "
-                        f"(base {row['rss_base_mb']:.0f} MB)",
-                        flush=True,
-                    )
+                    for source in sources:
+                        row = measure(stack, flow, n, args, source)
+                        rows.append(row)
+                        print(
+                            f"{flow} n={n} from {row['source']}: {row['state']}, "
+                            f"{row['published']} published, {row['verified']} "
+                            f"sha256-verified {row['not_published'] or ''}; CPU "
+                            f"{row['cpu']:.1f} s, wall {row['wall']:.1f} s; load "
+                            f"{row['load'][0]:.1f}->{row['load'][1]:.1f}; {row['task_runs']} "
+                            f"task runs; {row['events']} events {row['events_by_name']}; peak "
+                            f"RSS +{row['rss_growth_mb']:.1f} MB (base "
+                            f"{row['rss_base_mb']:.0f} MB)",
+                            flush=True,
+                        )
     finally:
         stack.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
+    if args.against:
+        left, right = f"from {args.against}", f"from {args.source or ROOT}"
+    else:
+        left, right = "before", "after"
     print(
-        f"\n{'':<25} {'before':^58} | after\n"
+        f"\n{'':<25} {left[-58:]:^58} | {right}\n"
         f"{'flow':<20} {'N':>4} {'CPU ms/gen':>11} {'task runs/gen':>14} {'events/gen':>11} "
         f"{'peak RSS +':>16} |"
     )
@@ -457,16 +496,21 @@ def main(argv: list[str] | None = None) -> int:
             mine = [r for r in rows if r["flow"] == flow and r["n"] == n]
             if not mine:
                 continue
-            # The median run of each (flow, size): runs are few, the machine is noisy.
-            mine.sort(key=lambda r: r["cpu"])
-            r = mine[len(mine) // 2]
-            after = {
-                "cpu_ms": 1000 * r["cpu"] / n,
-                "task_runs": r["task_runs"] / n,
-                "events": r["events"] / n,
-                "rss_mb": r["rss_growth_mb"],
-            }
-            print(f"{_fmt_row(flow, n, BEFORE.get((flow, n)))} | {_fmt_row(flow, n, after)}")
+            theirs = [r for r in mine if args.against and r["source"] == args.against]
+            mine = [r for r in mine if r not in theirs]
+            after = _median(mine, n)
+            before: dict[str, Any] | None = _median(theirs, n) if theirs else BEFORE.get((flow, n))
+            print(f"{_fmt_row(flow, n, before)} | {_fmt_row(flow, n, after)}")
+            loads = [x for r in mine + theirs for x in r["load"]]
+            walls = " | ".join(
+                ", ".join(f"{r['wall']:.0f} s" for r in side) for side in (theirs, mine) if side
+            )
+            print(
+                f"    wall per run: {walls}; load average during these runs: "
+                f"{min(loads):.1f}-{max(loads):.1f}"
+            )
+            print("    events per generation by name (median run by CPU):")
+            _by_name(before.get("by_name") if before else None, after["by_name"])
             for name, limit in TARGETS.get((flow, n), {}).items():
                 good = after[name] <= limit if name != "rss_mb" else after[name] < limit
                 ok = ok and good

@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import logging
 import os
+import stat
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,11 +30,25 @@ class LocalStorage(Storage):
         """The local path of `relpath`; refuses any that resolves outside the root (symlinks)."""
         clean = check_relpath(relpath, allow_root=allow_root)
         path = self.base / clean if clean else self.base
-        resolved = path.resolve()
-        if resolved != self.base and self.base not in resolved.parents:
-            raise LumaConfigurationError(
-                f"{relpath!r} resolves to {resolved}, outside the destination {self.base}."
-            )
+        # The base is resolved already: only a symlink below it can lead outside, so look
+        # at those components alone (a full resolve per path was 5.9 s of lstat in a
+        # 500-generation profile: 37 paths per generation).
+        probe = self.base
+        for part in clean.split("/") if clean else ():
+            probe = probe / part
+            try:
+                mode = os.lstat(probe).st_mode
+            except FileNotFoundError:
+                break  # nothing below a missing component exists: no symlink either
+            except OSError:
+                mode = stat.S_IFLNK  # unknown: take the full check below
+            if stat.S_ISLNK(mode):
+                resolved = path.resolve()
+                if resolved != self.base and self.base not in resolved.parents:
+                    raise LumaConfigurationError(
+                        f"{relpath!r} resolves to {resolved}, outside the destination {self.base}."
+                    )
+                break
         return path
 
     def uri(self, relpath: str) -> str:

@@ -86,7 +86,12 @@ def _flow_parameters() -> Mapping[str, Any]:
 
 
 def _id_of(value: Any) -> str:
-    """A generation id from a Generation, a DownloadedGeneration, a dict or a string."""
+    """A generation id from a Generation, a DownloadedGeneration, a dict or a string (or
+    one of these quoted: `prefect.utilities.annotations.quote`)."""
+    from prefect.utilities.annotations import BaseAnnotation
+
+    if isinstance(value, BaseAnnotation):
+        value = value.unwrap()
     for attr in ("generation", "id"):
         inner = value.get(attr) if isinstance(value, Mapping) else getattr(value, attr, None)
         if inner is not None and inner is not value:

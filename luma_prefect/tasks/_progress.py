@@ -1,11 +1,12 @@
 """Progress artifacts: what a wait, a download or a batch is doing, live in the Prefect UI.
 
 Each display is one Prefect progress artifact (a bar and a line of text), created when its
-work starts and updated on a state change, else at most every `UPDATE_EVERY_SECONDS`, and
-once at the end, so the Prefect API load stays bounded: a wait costs 1 create + at most one
-update per poll round (polls grow from 5 s to 30 s apart), a download 1 create + one update
-per 5 s + 1. A progress display that fails never fails the work it shows: its errors are
-logged at DEBUG and the display stops.
+work starts and updated on a state change (a batch's wait: at most every
+`BATCH_CHANGE_EVERY_SECONDS`), else at most every `UPDATE_EVERY_SECONDS`, and once at the
+end, so the Prefect API load stays bounded: a wait costs 1 create + at most one update per
+poll round (polls grow from 5 s to 30 s apart), a download 1 create + one update per 5 s
++ 1. A progress display that fails never fails the work it shows: its errors are logged at
+DEBUG and the display stops.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ _log = logging.getLogger("luma_prefect.progress")
 UPDATE_EVERY_SECONDS = 10.0
 #: Downloads change nothing but bytes: one update per this many seconds.
 DOWNLOAD_UPDATE_EVERY_SECONDS = 5.0
+#: A wait for many changes in nearly every round: at most one update per this many seconds
+#: even then (one per round was 0.2 `prefect.artifact.updated` per generation; #12).
+BATCH_CHANGE_EVERY_SECONDS = 5.0
 
 
 def describe_seconds(seconds: float) -> str:
@@ -67,10 +71,11 @@ class _Display:
             self.broken = True
             _log.debug("No progress artifact: %r", exc)
 
-    def due(self, changed: bool) -> bool:
+    def due(self, changed: bool, change_every: float = 0.0) -> bool:
         if self.artifact_id is None or self.broken:
             return False
-        return changed or self.now() - self.updated_at >= self.every
+        since = self.now() - self.updated_at
+        return (changed and since >= change_every) or since >= self.every
 
     async def update(self, progress: float, description: str) -> None:
         from prefect.artifacts import aupdate_progress_artifact
@@ -117,7 +122,8 @@ class WaitProgress:
 
     async def round(self, seen: WaitRound) -> None:
         """Take one round of polling in; update the artifact when due."""
-        if not self.display.due(seen.changed):
+        change_every = 0.0 if self._single() else BATCH_CHANGE_EVERY_SECONDS
+        if not self.display.due(seen.changed, change_every):
             return
         await self.display.update(*self._describe(seen))
 

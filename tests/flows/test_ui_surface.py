@@ -24,7 +24,11 @@ from prefect.utilities.callables import parameter_schema
 from luma_prefect import GenerationRequest, LumaError
 from luma_prefect.flows import generate_video, generate_videos
 from luma_prefect.simulator import Fault, FaultKind, RelaySimulator
-from luma_prefect.tasks._progress import UPDATE_EVERY_SECONDS, WaitProgress
+from luma_prefect.tasks._progress import (
+    BATCH_CHANGE_EVERY_SECONDS,
+    UPDATE_EVERY_SECONDS,
+    WaitProgress,
+)
 from luma_prefect.wait._engine import WaitRound
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -244,6 +248,32 @@ async def test_progress_updates_are_bounded_while_nothing_changes(
     assert UPDATE_EVERY_SECONDS == 10.0
     assert len(updates) == 13
     assert "waited 2 min 0 s" in updates[-1]
+
+
+async def test_a_batch_wait_updates_its_artifact_at_most_every_few_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch's wait sees a change in nearly every round: one update per
+    BATCH_CHANGE_EVERY_SECONDS then, not one per round (events per generation, #12)."""
+    import prefect.artifacts
+
+    now = [0.0]
+    updates: list[str] = []
+
+    async def update(artifact_id: UUID, progress: float, description: str) -> UUID:
+        updates.append(description)
+        return artifact_id
+
+    monkeypatch.setattr(prefect.artifacts, "aupdate_progress_artifact", update)
+    progress = WaitProgress([], lambda: now[0], expected=500)
+    progress.display.artifact_id = UUID(int=1)  # as if created at t=0
+    for second in range(1, 121):  # two minutes of rounds a second apart, each a change
+        now[0] = float(second)
+        await progress.round(WaitRound(second, 500, second, True, {"processing": 9}, None, None))
+
+    assert BATCH_CHANGE_EVERY_SECONDS == 5.0
+    assert len(updates) == 24  # t = 5, 10, ... 120
+    assert updates[-1].startswith("120 of 500 generations settled")
 
 
 async def test_a_batch_wait_counts_the_generations_not_submitted_yet(
