@@ -178,9 +178,12 @@ def relay_gate(base_url: str) -> Any:
     async def gate() -> AsyncIterator[None]:
         pool = _POOL.get()
         if pool is not None and pool.name == name and pool.loop is asyncio.get_running_loop():
-            async with pool.slot():
-                yield
-            return
+            async with pool.slot() as shared:
+                if shared:
+                    yield
+                    return
+            # The batch ended before this request got a slot (a task it started outlived
+            # it): the request takes a slot of its own, as outside a batch.
         from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 
         held = _concurrency(name, 1)
@@ -285,20 +288,28 @@ class _SlotPool:
             await asyncio.wait_for(event.wait(), timeout)
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self) -> AsyncIterator[bool]:
+        """A slot of the batch's (True), or False once the batch has ended."""
         group = await self._take()
+        if group is None:
+            yield False
+            return
         try:
-            yield
+            yield True
         finally:
             group.in_flight -= 1
             group.last_used = time.monotonic()
             self._notify()
 
-    async def _take(self) -> _Group:
+    async def _take(self) -> _Group | None:
         failures = self._failures
         self._waiting += 1
         try:
             while True:
+                if self._closing:
+                    # No group admits any more, and one opened now would give its slots
+                    # back at once: the caller takes a slot of its own instead.
+                    return None
                 admitting = [g for g in self._groups if g.admitting]
                 for group in admitting:
                     if group.in_flight < group.k:
@@ -359,10 +370,19 @@ class _SlotPool:
             k = max(min(self._waiting, free), 1)
             held = _concurrency(self.name, k)
             await held.__aenter__()
-        except Exception as exc:
+        except BaseException as exc:
+            # Cancelled (the batch ended) or failed: never leave `_opening` set, or the
+            # requests still waiting would wait for this group forever.
             self._opening = False
-            self._failure, self._failures = exc, self._failures + 1
+            if grow and isinstance(exc, Exception):
+                # Only a look for more: the batch's own groups still serve its requests.
+                logger.debug("Could not take more slots of %s (%r).", self.name, exc)
+                self._grow_at = time.monotonic() + _GROW_EVERY_SECONDS
+            elif isinstance(exc, Exception):
+                self._failure, self._failures = exc, self._failures + 1
             self._notify()
+            if not isinstance(exc, Exception):
+                raise
             return
         current = asyncio.current_task()
         if current is not None:
