@@ -251,10 +251,10 @@ class _Group:
 class _SlotPool:
     """The slots a batch holds, in groups; its requests wait for a free one.
 
-    When requests wait and no held slot is free, one group is opened (one acquisition at a
-    time): for as many slots as requests wait, at most what the limit has free (at least
-    one, then waited for as any request would). While the groups are full, another is
-    opened only if the limit has free slots (looked at every `_GROW_EVERY_SECONDS`). A
+    When requests wait and no group takes requests, one group is opened (one acquisition
+    at a time): for as many slots as requests wait, at most what the limit has free (at
+    least one, then waited for as any request would). While the groups are full, another
+    is opened only if the limit has free slots (looked at every `_GROW_EVERY_SECONDS`). A
     group stops taking requests after `HOLD_SECONDS`, or once idle for `LINGER_SECONDS`,
     and gives its slots back when its last request returned.
     """
@@ -321,15 +321,16 @@ class _SlotPool:
                 timeout = None
                 if self._opening:
                     pass
-                elif not self._groups:
+                elif not admitting:
+                    # None admits (any left give their slots back once their requests
+                    # returned): open one now, not after the slowest of those requests.
                     self._open(grow=False)
-                elif admitting:  # all full: more only where the limit has free slots
+                else:  # all full: more only where the limit has free slots
                     wait = self._grow_at - time.monotonic()
                     if wait <= 0:
                         self._open(grow=True)
                     else:
                         timeout = wait
-                # else: groups giving their slots back; a new one opens once they did
                 await self._changed(timeout)
         finally:
             self._waiting -= 1

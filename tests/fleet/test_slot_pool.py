@@ -134,3 +134,49 @@ async def test_a_failed_look_for_more_slots_leaves_the_batch_its_own(limit: _Lim
     assert results == ["sent"] * 3
     assert limit.grants == [1]
     assert limit.active == 0
+
+
+async def test_a_slow_request_does_not_hold_up_the_batch_when_its_group_expires(
+    limit: _Limit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group stops taking requests after HOLD_SECONDS and gives its slots back when its
+    last request returned; the requests that come meanwhile get a new group at once, not
+    after the slowest request of the old one (up to a relay request's 30 s deadline)."""
+    now = [0.0]
+    monkeypatch.setattr(_throttle, "time", type("Clock", (), {"monotonic": lambda: now[0]}))
+    limit.slots = 4
+    gate = relay_gate(URL)
+    slow_done, quick_done = asyncio.Event(), asyncio.Event()
+
+    async def request(done: asyncio.Event) -> None:
+        async with gate():
+            await done.wait()
+
+    async with relay_slots(URL):
+        slow = asyncio.create_task(request(slow_done))
+        quick = asyncio.create_task(request(quick_done))
+        try:
+            await limit.asked.wait()
+            while limit.active < 2:  # both in the batch's first group (of 2)
+                await asyncio.sleep(0)
+            now[0] = _throttle.HOLD_SECONDS + 1
+            quick_done.set()
+            await quick
+            pool = _throttle._POOL.get()
+            assert pool is not None
+            while any(group.admitting for group in pool._groups):
+                await asyncio.sleep(0)  # the group sees its time is up: it admits no more
+            async with asyncio.timeout(5):
+                await request(_set())
+            assert not slow.done()  # served while the slow one is still in flight
+        finally:
+            slow_done.set()
+            await slow
+    assert limit.grants == [2, 1]
+    assert limit.active == 0
+
+
+def _set() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
