@@ -178,9 +178,12 @@ def relay_gate(base_url: str) -> Any:
     async def gate() -> AsyncIterator[None]:
         pool = _POOL.get()
         if pool is not None and pool.name == name and pool.loop is asyncio.get_running_loop():
-            async with pool.slot():
-                yield
-            return
+            async with pool.slot() as shared:
+                if shared:
+                    yield
+                    return
+            # The batch ended before this request got a slot (a task it started outlived
+            # it): the request takes a slot of its own, as outside a batch.
         from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 
         held = _concurrency(name, 1)
@@ -248,10 +251,10 @@ class _Group:
 class _SlotPool:
     """The slots a batch holds, in groups; its requests wait for a free one.
 
-    When requests wait and no held slot is free, one group is opened (one acquisition at a
-    time): for as many slots as requests wait, at most what the limit has free (at least
-    one, then waited for as any request would). While the groups are full, another is
-    opened only if the limit has free slots (looked at every `_GROW_EVERY_SECONDS`). A
+    When requests wait and no group takes requests, one group is opened (one acquisition
+    at a time): for as many slots as requests wait, at most what the limit has free (at
+    least one, then waited for as any request would). While the groups are full, another
+    is opened only if the limit has free slots (looked at every `_GROW_EVERY_SECONDS`). A
     group stops taking requests after `HOLD_SECONDS`, or once idle for `LINGER_SECONDS`,
     and gives its slots back when its last request returned.
     """
@@ -285,20 +288,28 @@ class _SlotPool:
             await asyncio.wait_for(event.wait(), timeout)
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self) -> AsyncIterator[bool]:
+        """A slot of the batch's (True), or False once the batch has ended."""
         group = await self._take()
+        if group is None:
+            yield False
+            return
         try:
-            yield
+            yield True
         finally:
             group.in_flight -= 1
             group.last_used = time.monotonic()
             self._notify()
 
-    async def _take(self) -> _Group:
+    async def _take(self) -> _Group | None:
         failures = self._failures
         self._waiting += 1
         try:
             while True:
+                if self._closing:
+                    # No group admits any more, and one opened now would give its slots
+                    # back at once: the caller takes a slot of its own instead.
+                    return None
                 admitting = [g for g in self._groups if g.admitting]
                 for group in admitting:
                     if group.in_flight < group.k:
@@ -310,15 +321,16 @@ class _SlotPool:
                 timeout = None
                 if self._opening:
                     pass
-                elif not self._groups:
+                elif not admitting:
+                    # None admits (any left give their slots back once their requests
+                    # returned): open one now, not after the slowest of those requests.
                     self._open(grow=False)
-                elif admitting:  # all full: more only where the limit has free slots
+                else:  # all full: more only where the limit has free slots
                     wait = self._grow_at - time.monotonic()
                     if wait <= 0:
                         self._open(grow=True)
                     else:
                         timeout = wait
-                # else: groups giving their slots back; a new one opens once they did
                 await self._changed(timeout)
         finally:
             self._waiting -= 1
@@ -359,10 +371,19 @@ class _SlotPool:
             k = max(min(self._waiting, free), 1)
             held = _concurrency(self.name, k)
             await held.__aenter__()
-        except Exception as exc:
+        except BaseException as exc:
+            # Cancelled (the batch ended) or failed: never leave `_opening` set, or the
+            # requests still waiting would wait for this group forever.
             self._opening = False
-            self._failure, self._failures = exc, self._failures + 1
+            if grow and isinstance(exc, Exception):
+                # Only a look for more: the batch's own groups still serve its requests.
+                logger.debug("Could not take more slots of %s (%r).", self.name, exc)
+                self._grow_at = time.monotonic() + _GROW_EVERY_SECONDS
+            elif isinstance(exc, Exception):
+                self._failure, self._failures = exc, self._failures + 1
             self._notify()
+            if not isinstance(exc, Exception):
+                raise
             return
         current = asyncio.current_task()
         if current is not None:

@@ -91,6 +91,10 @@ async def test_a_batch_takes_its_slots_together_and_never_sends_more_than_it_hol
 ) -> None:
     """30 requests at once in a batch, on a limit of 3: one acquisition of the 3 slots
     (not 30 of one), never more than 3 in flight, every slot given back at the end."""
+    # Its group is kept whatever the machine's load (not given back 2 s after the last
+    # request, before the count below, nor taken anew after 10 s).
+    monkeypatch.setattr(_throttle, "LINGER_SECONDS", 3600.0)
+    monkeypatch.setattr(_throttle, "HOLD_SECONDS", 3600.0)
     base_url, name = await _new_limit(3)
     relay = _Relay(monkeypatch)
     gate = relay_gate(base_url)
@@ -126,10 +130,17 @@ async def test_two_batches_on_one_limit_never_have_more_in_flight_than_its_slots
     assert await _slots_held(name) == 0
 
 
-async def test_a_batch_keeps_its_slots_after_the_task_run_that_took_them_ended() -> None:
+async def test_a_batch_keeps_its_slots_after_the_task_run_that_took_them_ended(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Prefect gives back, when a task run ends, the slots taken in it: the batch's slots
     must not be taken in the task run whose request happened to open them."""
     from prefect import flow, task
+
+    # The group outlives the task run whatever the machine's load: a group given back
+    # after 2 s idle and opened again by the flow would pass without the batch's context.
+    monkeypatch.setattr(_throttle, "LINGER_SECONDS", 3600.0)
+    monkeypatch.setattr(_throttle, "HOLD_SECONDS", 3600.0)
 
     base_url, name = await _new_limit(2)
     gate = relay_gate(base_url)
