@@ -22,7 +22,7 @@ demo: $(STAMP)
 # with 2 workers, 4 min 07 s with 4 and 4 min 14 s with 6 (one run each, same tree).
 # At most 8: each worker starts its own Prefect API (about 300 MB). `make test
 # TEST_WORKERS=0` runs everything in one process.
-TEST_WORKERS ?= $(shell n=$$(( 2 * $$(nproc) )); echo $$(( n < 8 ? n : 8 )))
+TEST_WORKERS ?= $(shell n=$$(( 2 * $$(nproc 2>/dev/null || echo 2) )); echo $$(( n < 8 ? n : 8 )))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup

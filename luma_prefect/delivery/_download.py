@@ -439,7 +439,7 @@ async def _transfer(ctx: _Context, name: str, source: _Source) -> DownloadedAsse
 
 def _untrusted(exc: BaseException) -> bool:
     """Whether a transport error is a failed certificate check (whatever class the transport
-    mapped it to: httpx-aiohttp makes it a ConnectTimeout)."""
+    mapped it to: a transport given to `media_client` may make it a ConnectTimeout)."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ssl.SSLCertVerificationError):
