@@ -3,6 +3,7 @@ tags and forms. Flow runs against the simulator on loopback, on Prefect's embedd
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 from pathlib import Path
@@ -21,12 +22,13 @@ from prefect.client.schemas.filters import (
 )
 from prefect.utilities.callables import parameter_schema
 
-from luma_prefect import GenerationRequest, LumaError
+from luma_prefect import GenerationOutcome, GenerationRequest, LumaError
 from luma_prefect.flows import generate_video, generate_videos
 from luma_prefect.simulator import Fault, FaultKind, RelaySimulator
 from luma_prefect.tasks._progress import (
     BATCH_CHANGE_EVERY_SECONDS,
     UPDATE_EVERY_SECONDS,
+    BatchProgress,
     WaitProgress,
 )
 from luma_prefect.wait._engine import WaitRound
@@ -274,6 +276,35 @@ async def test_a_batch_wait_updates_its_artifact_at_most_every_few_seconds(
     assert BATCH_CHANGE_EVERY_SECONDS == 5.0
     assert len(updates) == 24  # t = 5, 10, ... 120
     assert updates[-1].startswith("120 of 500 generations settled")
+
+
+async def test_generations_ending_together_make_one_update_of_the_batch_progress(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Deliveries that end while an update is in flight all found the display due: 0.5
+    updates per generation in bench_orchestration, against one per 10 s."""
+    import prefect.artifacts
+
+    now = [100.0]
+    updates: list[str] = []
+    gate = asyncio.Event()
+
+    async def update(artifact_id: UUID, progress: float, description: str) -> UUID:
+        updates.append(description)
+        await gate.wait()  # the API answers after every delivery has ended
+        return artifact_id
+
+    monkeypatch.setattr(prefect.artifacts, "aupdate_progress_artifact", update)
+    progress = BatchProgress(50, lambda: now[0])
+    progress.display.artifact_id = UUID(int=1)  # as if created at t=0: an update is due
+    outcome = GenerationOutcome(generation_id="g", status="published")
+    adds = [asyncio.ensure_future(progress.add(outcome)) for _ in range(50)]
+    await asyncio.sleep(0)  # every add ran up to its first await
+    gate.set()
+    await asyncio.gather(*adds)
+
+    assert len(updates) == 1
+    assert sum(progress.counts.values()) == 50
 
 
 async def test_a_batch_wait_counts_the_generations_not_submitted_yet(
