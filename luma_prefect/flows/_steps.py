@@ -719,11 +719,6 @@ async def deliver_generation(
             progress_after_seconds=BATCH_DOWNLOAD_PROGRESS_AFTER_SECONDS if in_batch else 0.0,
         )
         ledger.mark(generation.id, "downloaded")
-        logger.info(
-            "Downloaded generation %s: %s.",
-            generation.id,
-            ", ".join(f"{name} {a.bytes:,} B" for name, a in downloaded.assets.items()),
-        )
         await _check_held(ledger, lease)
         published = await publish_generation(
             downloaded,
