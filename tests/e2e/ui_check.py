@@ -197,9 +197,17 @@ async def run_from_form(page: Any, stack: Stack, ui: str, deployments: dict[str,
     prompt = page.get_by_label(re.compile(r"^prompt"))
     await prompt.wait_for()
     await prompt.fill(PROMPT)
+    # Leave the field first, as in the batch's form: a Submit clicked while the prompt still
+    # had the focus once started no run within 60 s.
+    await page.keyboard.press("Tab")
+    await page.wait_for_timeout(500)
     await shot(page, "02-run-form-filled")
     await page.get_by_role("button", name="Submit").click()
-    created = await newest_run_of(stack, deployments["generate-video"], started)
+    try:
+        created = await newest_run_of(stack, deployments["generate-video"], started)
+    except BaseException:
+        await shot(page, "02-run-form-after-submit")  # what the form said instead
+        raise
 
     # The form gives the run a random name; the flow renames it after its prompt.
     async def renamed() -> Any:
