@@ -57,6 +57,9 @@ SLOT_TIMEOUT_SECONDS = 300.0
 #: Lease of one slot: the server frees it after this long if its holder died (Prefect's
 #: minimum is 60 s; a relay request's own deadline is 30 s by default).
 _LEASE_SECONDS = 60.0
+#: Longest one look at the limit (read, create if missing) may take in all, the Prefect
+#: client's own retries included (they alone can add up to minutes).
+_API_SECONDS = 60.0
 
 #: A batch gives its slots back after this long without a request (its next poll round,
 #: submit or lookup usually comes sooner: slots taken anew cost two events each time).
@@ -140,7 +143,7 @@ async def _ensure_limit(name: str) -> None:
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-    async with get_client() as client:
+    async with asyncio.timeout(_API_SECONDS), get_client() as client:
         try:
             await client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
@@ -349,7 +352,7 @@ class _SlotPool:
         from prefect.exceptions import ObjectNotFound
 
         await _ensure_limit(self.name)
-        async with get_client() as client:
+        async with asyncio.timeout(_API_SECONDS), get_client() as client:
             try:
                 limit = await client.read_global_concurrency_limit_by_name(self.name)
             except ObjectNotFound:  # deleted since this process made sure of it

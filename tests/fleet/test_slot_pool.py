@@ -180,3 +180,35 @@ def _set() -> asyncio.Event:
     event = asyncio.Event()
     event.set()
     return event
+
+
+async def test_a_prefect_api_that_never_answers_fails_the_request_unsent_within_a_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every network call has a total deadline: the look at the limit too."""
+    import prefect.client.orchestration
+
+    from luma_prefect import LumaTransportError
+
+    class _Silent:
+        async def __aenter__(self) -> _Silent:
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+        async def read_global_concurrency_limit_by_name(self, name: str) -> None:
+            await asyncio.Event().wait()  # the API never answers
+
+    monkeypatch.setattr(prefect.client.orchestration, "get_client", lambda: _Silent())
+    monkeypatch.setattr(_throttle, "_API_SECONDS", 0.01)
+    monkeypatch.setattr(_throttle, "_created", set())
+    sent = []
+
+    async def request() -> None:
+        async with relay_gate(URL)():
+            sent.append(1)
+
+    with pytest.raises(LumaTransportError, match="was not sent"):
+        await asyncio.wait_for(request(), 30)  # without the bound: the 30 s guard fires
+    assert sent == []
