@@ -16,6 +16,7 @@ import contextlib
 import inspect
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -55,10 +56,28 @@ def command(name: str) -> str | None:
     return str(local) if local.exists() else shutil.which(name)
 
 
+def _ephemeral_floor() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port for a server started with a fixed `--port`, chosen below the kernel's
+    ephemeral range: a port the kernel handed out for `bind(0)` went back to its pool when
+    the probe closed, and the simulator started beside the server (`--port 0`) once got
+    that very port before the server bound it."""
+    floor = _ephemeral_floor()
+    for _ in range(200):
+        port = random.randrange(max(floor - 12_000, 1024), floor)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 async def eventually(
