@@ -221,58 +221,36 @@ async def generate_many(
         return []
     # The batch's relay requests share slots of the relay's limit (`relay_slots`).
     async with relay_slots(block.base_url):
-        return await _generate_many(
-            block,
-            requests,
-            destination,
-            options,
-            assets,
-            idempotency_key,
-            max_concurrent,
-            on_outcome,
-        )
+        feed = WaitFeed()
+        waiter = asyncio.create_task(_follow(block, feed, options, len(requests)))
+        gate = asyncio.Semaphore(max_concurrent)
 
+        async def one(position: int, request: GenerationRequest) -> GenerationOutcome:
+            async with gate:
+                outcome = await generate_one(
+                    block,
+                    request,
+                    destination,
+                    options,
+                    assets,
+                    idempotency_key,
+                    position=f"item-{position}",
+                    feed=feed,
+                )
+            if on_outcome is not None:
+                await on_outcome(outcome)
+            return outcome
 
-async def _generate_many(
-    block: LumaRelayCredentials,
-    requests: Sequence[GenerationRequest],
-    destination: Destination,
-    options: WaitOptions,
-    assets: list[AssetName],
-    idempotency_key: str | None,
-    max_concurrent: int,
-    on_outcome: Callable[[GenerationOutcome], Awaitable[None]] | None,
-) -> list[GenerationOutcome]:
-    feed = WaitFeed()
-    waiter = asyncio.create_task(_follow(block, feed, options, len(requests)))
-    gate = asyncio.Semaphore(max_concurrent)
-
-    async def one(position: int, request: GenerationRequest) -> GenerationOutcome:
-        async with gate:
-            outcome = await generate_one(
-                block,
-                request,
-                destination,
-                options,
-                assets,
-                idempotency_key,
-                position=f"item-{position}",
-                feed=feed,
-            )
-        if on_outcome is not None:
-            await on_outcome(outcome)
-        return outcome
-
-    try:
-        return list(await asyncio.gather(*(one(i, r) for i, r in enumerate(requests))))
-    except BaseException:
-        waiter.cancel()
-        raise
-    finally:
-        feed.close()
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            # Its failure, if any, is already each waiting generation's outcome.
-            await waiter
+        try:
+            return list(await asyncio.gather(*(one(i, r) for i, r in enumerate(requests))))
+        except BaseException:
+            waiter.cancel()
+            raise
+        finally:
+            feed.close()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                # Its failure, if any, is already each waiting generation's outcome.
+                await waiter
 
 
 async def _follow(
@@ -537,72 +515,46 @@ async def collect(
         return [outcomes[i] for i in dict.fromkeys(generation_ids)]
     # The batch's relay requests share slots of the relay's limit (`relay_slots`).
     async with relay_slots(block.base_url):
-        await _collect(
-            block,
-            remaining,
-            outcomes,
-            ledger,
-            destination,
-            options,
-            assets,
-            batch_size,
-            skip_published,
-            on_outcome,
-        )
-    return [outcomes[i] for i in dict.fromkeys(generation_ids)]
+        feed = WaitFeed()
+        # One deadline for the whole batch: every id joins now.
+        settling = {i: feed.add(i, options.timeout_seconds) for i in remaining}
+        feed.close()
+        waiter = asyncio.create_task(_follow(block, feed, options, len(remaining), batch_size))
+        deliveries = asyncio.Semaphore(DELIVERIES_AT_ONCE)
 
+        async def one(generation_id: str) -> GenerationOutcome:
+            try:
+                generation = _settled(await settling[generation_id])
+            except LumaError as exc:
+                outcome = _ended(ledger, generation_id, exc)
+            except Exception as exc:  # the wait broke as a whole: a backstop, a bug
+                outcome = _failed(generation_id, None, exc)
+            else:
+                async with deliveries:
+                    outcome = await deliver(
+                        block,
+                        generation,
+                        destination,
+                        ledger,
+                        assets,
+                        None,
+                        skip_published=skip_published,
+                        in_batch=True,
+                    )
+            if on_outcome is not None:
+                await on_outcome(outcome)
+            return outcome
 
-async def _collect(
-    block: LumaRelayCredentials,
-    remaining: list[str],
-    outcomes: dict[str, GenerationOutcome],
-    ledger: Ledger,
-    destination: Destination,
-    options: WaitOptions,
-    assets: list[AssetName],
-    batch_size: int,
-    skip_published: bool,
-    on_outcome: Callable[[GenerationOutcome], Awaitable[None]] | None,
-) -> None:
-    feed = WaitFeed()
-    # One deadline for the whole batch: every id joins now.
-    settling = {i: feed.add(i, options.timeout_seconds) for i in remaining}
-    feed.close()
-    waiter = asyncio.create_task(_follow(block, feed, options, len(remaining), batch_size))
-    deliveries = asyncio.Semaphore(DELIVERIES_AT_ONCE)
-
-    async def one(generation_id: str) -> GenerationOutcome:
         try:
-            generation = _settled(await settling[generation_id])
-        except LumaError as exc:
-            outcome = _ended(ledger, generation_id, exc)
-        except Exception as exc:  # the wait broke as a whole: a backstop, a bug
-            outcome = _failed(generation_id, None, exc)
-        else:
-            async with deliveries:
-                outcome = await deliver(
-                    block,
-                    generation,
-                    destination,
-                    ledger,
-                    assets,
-                    None,
-                    skip_published=skip_published,
-                    in_batch=True,
-                )
-        if on_outcome is not None:
-            await on_outcome(outcome)
-        return outcome
-
-    try:
-        for done in await asyncio.gather(*(one(i) for i in remaining)):
-            outcomes[done.generation_id] = done
-    except BaseException:
-        waiter.cancel()
-        raise
-    finally:
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await waiter
+            for done in await asyncio.gather(*(one(i) for i in remaining)):
+                outcomes[done.generation_id] = done
+        except BaseException:
+            waiter.cancel()
+            raise
+        finally:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await waiter
+    return [outcomes[i] for i in dict.fromkeys(generation_ids)]
 
 
 async def deliver(
