@@ -190,6 +190,26 @@ async def check_forms(page: Any, ui: str, deployments: dict[str, str], problems:
             await page.keyboard.press("Escape")
 
 
+async def submit_form(
+    page: Any, stack: Stack, deployment_id: str, started: float, name: str
+) -> Any:
+    """Leave the field being edited, screenshot the filled form, Submit, and return the run
+    it created; a screenshot of the form when no run starts.
+
+    A Submit clicked while a field still had the focus once started no run (the form takes a
+    field's value when it is left), on both the single and the batch form.
+    """
+    await page.keyboard.press("Tab")
+    await page.wait_for_timeout(500)
+    await shot(page, f"{name}-filled")
+    await page.get_by_role("button", name="Submit").click()
+    try:
+        return await newest_run_of(stack, deployment_id, started)
+    except BaseException:
+        await shot(page, f"{name}-after-submit")  # what the form said instead
+        raise
+
+
 async def run_from_form(page: Any, stack: Stack, ui: str, deployments: dict[str, str]) -> Any:
     """Start generate-video from its form, catch it mid-wait, let it finish."""
     started = time.time() - 1
@@ -197,17 +217,7 @@ async def run_from_form(page: Any, stack: Stack, ui: str, deployments: dict[str,
     prompt = page.get_by_label(re.compile(r"^prompt"))
     await prompt.wait_for()
     await prompt.fill(PROMPT)
-    # Leave the field first, as in the batch's form: a Submit clicked while the prompt still
-    # had the focus once started no run within 60 s.
-    await page.keyboard.press("Tab")
-    await page.wait_for_timeout(500)
-    await shot(page, "02-run-form-filled")
-    await page.get_by_role("button", name="Submit").click()
-    try:
-        created = await newest_run_of(stack, deployments["generate-video"], started)
-    except BaseException:
-        await shot(page, "02-run-form-after-submit")  # what the form said instead
-        raise
+    created = await submit_form(page, stack, deployments["generate-video"], started, "02-run-form")
 
     # The form gives the run a random name; the flow renames it after its prompt.
     async def renamed() -> Any:
@@ -364,17 +374,9 @@ async def run_batch_from_form(
     # Polls 1-2 s apart instead of 5-30 s: the batch ends seconds after the relay does.
     await page.get_by_label(re.compile(r"^poll_interval_seconds")).fill("1")
     await page.get_by_label(re.compile(r"^max_poll_interval_seconds")).fill("2")
-    # Leave the number field first: a Submit clicked while it still had the focus once
-    # started no run (the form takes a number field's value when it is left).
-    await page.keyboard.press("Tab")
-    await page.wait_for_timeout(500)
-    await shot(page, "12-batch-form-filled")
-    await page.get_by_role("button", name="Submit").click()
-    try:
-        created = await newest_run_of(stack, deployments["generate-videos"], started)
-    except BaseException:
-        await shot(page, "12-batch-form-after-submit")  # what the form said instead
-        raise
+    created = await submit_form(
+        page, stack, deployments["generate-videos"], started, "12-batch-form"
+    )
 
     async def named() -> Any:
         run = await stack.read_run(created.id)
