@@ -25,8 +25,6 @@ from pydantic import (
     model_validator,
 )
 
-from luma_prefect._exceptions import LumaConfigurationError
-
 __all__ = [
     "ApiStyle",
     "AspectRatio",
@@ -118,22 +116,27 @@ _OFF: dict[str, Any] = {"default": False}
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
 
 
-def check_generation_id(generation_id: object) -> str:
-    """The id itself when it is safe in a URL path and a folder name; else a clear error.
-
-    For ids that arrive unvalidated (plain strings given to the client); models and
-    parameters typed `GenerationId` are checked by pydantic already.
-    """
+def generation_id_problem(generation_id: object) -> str | None:
+    """Why `generation_id` is not a safe id (in a URL path and a folder name), or None."""
     text = str(generation_id).strip() if generation_id is not None else ""
-    if not _SAFE_ID.match(text) or ".." in text:
-        raise LumaConfigurationError(
-            f"{str(generation_id)[:80]!r} is not a valid generation id: ids are letters, "
-            "digits, '-', '_', '.' and ':' (a uuid on every known relay), without '..' or '/'."
-        )
-    return text
+    if _SAFE_ID.match(text) and ".." not in text:
+        return None
+    return (
+        f"{str(generation_id)[:80]!r} is not a valid generation id: ids are letters, "
+        "digits, '-', '_', '.' and ':' (a uuid on every known relay), without '..' or '/'."
+    )
 
 
-GenerationId = Annotated[str, AfterValidator(check_generation_id)]
+def _valid_generation_id(generation_id: str) -> str:
+    # A ValueError is what pydantic turns into a validation error; plain strings are checked
+    # with `check_generation_id`, which raises the library's own error.
+    problem = generation_id_problem(generation_id)
+    if problem:
+        raise ValueError(problem)
+    return generation_id.strip()
+
+
+GenerationId = Annotated[str, AfterValidator(_valid_generation_id)]
 """A generation id, checked (by pydantic, and Prefect for flow parameters) to be safe in a
 URL path and a folder name: letters, digits, `-_.:`, no `..` (a uuid on every relay)."""
 

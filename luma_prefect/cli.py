@@ -373,7 +373,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def _check_ids(generation_ids: list[str]) -> None:
-    from luma_prefect._models import check_generation_id
+    from luma_prefect._ids import check_generation_id
 
     bad = []
     for generation_id in generation_ids:
@@ -624,7 +624,8 @@ def resolve(
         ```
     """
     from luma_prefect._exceptions import LumaError
-    from luma_prefect._models import Generation, GenerationState, check_generation_id
+    from luma_prefect._ids import check_generation_id
+    from luma_prefect._models import Generation, GenerationState
     from luma_prefect.ledger._records import Ledger
     from luma_prefect.storage import storage_for
 

@@ -24,7 +24,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from luma_prefect._exceptions import LumaConfigurationError, LumaDownloadError, LumaError
-from luma_prefect._models import Generation, GenerationState, check_generation_id
+from luma_prefect._ids import check_generation_id
+from luma_prefect._models import Generation, GenerationState
 from luma_prefect._outcomes import DownloadedAsset, DownloadedGeneration
 from luma_prefect._urls import public_url
 from luma_prefect.delivery._transfer import (

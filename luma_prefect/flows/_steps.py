@@ -35,7 +35,8 @@ from luma_prefect._exceptions import (
     LumaSubmitUncertainError,
     LumaWaitTimeout,
 )
-from luma_prefect._models import Generation, GenerationRequest, check_generation_id
+from luma_prefect._ids import check_generation_id
+from luma_prefect._models import Generation, GenerationRequest
 from luma_prefect._outcomes import AssetName, GenerationOutcome
 from luma_prefect._urls import public_url
 from luma_prefect.credentials import LumaRelayCredentials, saved_block_name

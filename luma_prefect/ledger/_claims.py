@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from luma_prefect._models import check_generation_id
+from luma_prefect._ids import check_generation_id
 from luma_prefect.storage import Storage
 
 __all__ = ["Claims", "Lease"]

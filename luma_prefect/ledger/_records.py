@@ -26,7 +26,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from luma_prefect._exceptions import LumaConfigurationError
-from luma_prefect._models import Generation, GenerationId, GenerationRequest, check_generation_id
+from luma_prefect._ids import check_generation_id
+from luma_prefect._models import Generation, GenerationId, GenerationRequest
 from luma_prefect.ledger._claims import Claims, Lease
 from luma_prefect.ledger._claims import _holder as process_holder
 from luma_prefect.ledger._claims import _holder_gone as holder_gone

@@ -25,7 +25,8 @@ from luma_prefect._exceptions import (
     LumaSubmitUncertainError,
     LumaTransportError,
 )
-from luma_prefect._models import ApiStyle, Generation, GenerationRequest, check_generation_id
+from luma_prefect._ids import check_generation_id
+from luma_prefect._models import ApiStyle, Generation, GenerationRequest
 from luma_prefect._retry import RetryPolicy
 from luma_prefect._tls import Verify, ssl_context
 from luma_prefect._urls import public_url

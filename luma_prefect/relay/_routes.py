@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from luma_prefect._exceptions import LumaConfigurationError
-from luma_prefect._models import ApiStyle, check_generation_id
+from luma_prefect._ids import check_generation_id
+from luma_prefect._models import ApiStyle
 
 __all__ = ["Route", "StyleRoutes", "normalise_prefix"]
 

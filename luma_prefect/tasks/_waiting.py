@@ -10,7 +10,8 @@ from prefect import get_run_logger, task
 from luma_prefect._exceptions import (
     LumaError,
 )
-from luma_prefect._models import Generation, GenerationId, check_generation_id
+from luma_prefect._ids import check_generation_id
+from luma_prefect._models import Generation, GenerationId
 from luma_prefect.tasks import _common
 from luma_prefect.tasks import _names as names
 from luma_prefect.tasks._common import (

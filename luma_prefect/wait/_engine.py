@@ -27,7 +27,8 @@ from luma_prefect._exceptions import (
     LumaTransportError,
     LumaWaitTimeout,
 )
-from luma_prefect._models import Generation, GenerationState, VideoAsset, check_generation_id
+from luma_prefect._ids import check_generation_id
+from luma_prefect._models import Generation, GenerationState, VideoAsset
 from luma_prefect._retry import RetryPolicy
 from luma_prefect.relay._client import LumaClient
 from luma_prefect.wait._settings import Clock, SystemClock, WaitSettings, normalise_states
