@@ -21,7 +21,6 @@ from luma_prefect._urls import public_url
 from luma_prefect.storage import Storage
 
 __all__ = [
-    "EVENT_COMPLETED",
     "EVENT_FAILED",
     "EVENT_PUBLISHED",
     "artifact_key",
@@ -36,7 +35,6 @@ __all__ = [
     "thumbnail_data_url",
 ]
 
-EVENT_COMPLETED = "luma.generation.completed"
 EVENT_FAILED = "luma.generation.failed"
 EVENT_PUBLISHED = "luma.generation.published"
 MANIFEST_NAME = "manifest.json"

@@ -180,7 +180,9 @@ async def publish_generation(
     if emit_events:
         files = {name: asset.path for name, asset in downloaded.assets.items()}
         emit_generation_event(
-            EVENT_PUBLISHED, generation, {"manifest": manifest_path, "files": files}
+            EVENT_PUBLISHED,
+            generation,
+            {"manifest": manifest_path, "files": files, "states": manifest["states"]},
         )
         events.append(EVENT_PUBLISHED)
     get_run_logger().info("Published generation %s: %s", generation.id, manifest_path)

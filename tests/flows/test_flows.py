@@ -86,9 +86,13 @@ async def test_generate_video_leaves_files_manifest_artifact_and_events(
     assert published.artifact_keys == ["luma-generate-video"]
 
     emitted = {e.event: e for e in events()}
-    for name in ("luma.generation.completed", "luma.generation.published"):
-        assert emitted[name].resource.id == f"luma.generation.{published.generation_id}"
+    # One event per generation a user acts on: published, with when each step happened.
+    published_event = emitted["luma.generation.published"]
+    assert published_event.resource.id == f"luma.generation.{published.generation_id}"
+    states = [s["state"] for s in published_event.payload["states"]]
+    assert {"submitted", "completed", "downloaded", "published"} <= set(states)
     assert "luma.generation.failed" not in emitted
+    assert "luma.generation.completed" not in emitted
 
     record = Ledger(storage_for(str(tmp_path))).get(published.generation_id)
     assert record is not None and record.status == "published"
