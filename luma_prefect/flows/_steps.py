@@ -365,7 +365,9 @@ async def _submit_once(
                 generation_id=None,
             )
         try:
-            generation = await submit_generation(block, request, scope)
+            # Quoted as in `deliver`: neither can hold a future, and walking them twice per
+            # task run was 1.4 ms of CPU per generation (py-spy, 300 generations).
+            generation = await submit_generation(_unwalked(block), _unwalked(request), scope)
         except LumaSubmitUncertainError as exc:
             # The intent stays: never re-sent automatically, reported by every sweep.
             with contextlib.suppress(LumaError, OSError):

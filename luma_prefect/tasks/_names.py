@@ -85,13 +85,18 @@ def _flow_parameters() -> Mapping[str, Any]:
     return flow_run.parameters or {}
 
 
+def _unquoted(value: Any) -> Any:
+    """A parameter as given, whether or not the caller passed it `quote`d (a run's name is
+    built before Prefect unwraps its parameters)."""
+    from prefect.utilities.annotations import BaseAnnotation
+
+    return value.unwrap() if isinstance(value, BaseAnnotation) else value
+
+
 def _id_of(value: Any) -> str:
     """A generation id from a Generation, a DownloadedGeneration, a dict or a string (or
     one of these quoted: `prefect.utilities.annotations.quote`)."""
-    from prefect.utilities.annotations import BaseAnnotation
-
-    if isinstance(value, BaseAnnotation):
-        value = value.unwrap()
+    value = _unquoted(value)
     for attr in ("generation", "id"):
         inner = value.get(attr) if isinstance(value, Mapping) else getattr(value, attr, None)
         if inner is not None and inner is not value:
@@ -147,7 +152,7 @@ deliver_name = _task(lambda p: f"deliver {short_id(_id_of(p['generation']))}", "
 
 
 def _submit(parameters: Mapping[str, Any]) -> str:
-    request = parameters["request"]
+    request = _unquoted(parameters["request"])
     prompt = request.get("prompt") if isinstance(request, Mapping) else request.prompt
     return f"submit {first_words(prompt, 4, 32)}" if prompt else "submit (image)"
 
