@@ -152,3 +152,39 @@ async def test_a_file_that_outlives_its_deadline_fails_and_keeps_its_part(
     assert 0 < part.stat().st_size < SIZE  # kept for a resume
     assert part.read_bytes() == synthetic_bytes(0, part.stat().st_size)
     assert media_requests(sim, generation.id) == 1
+
+
+@pytest.mark.parametrize(
+    ("limits", "client_read", "sent_read"),
+    [
+        (LIMITS, 60.0, None),  # two 30 s windows cut a silent link by 60 s: no per-read timer
+        (TransferLimits(stall_seconds=40.0), 60.0, 60.0),  # the windows alone: 80 s
+        (TransferLimits(stall_bytes=0), 60.0, 60.0),  # no stall check: the read timeout stays
+        (LIMITS, 5.0, 5.0),  # the client's own stricter read timeout stays
+    ],
+)
+async def test_the_read_timeout_is_left_out_only_where_the_stall_check_cuts_sooner(
+    limits: TransferLimits,
+    client_read: float,
+    sent_read: float | None,
+    sim: RelaySimulator,
+    client: LumaClient,
+    completed: Callable[..., Any],
+    dest: Path,
+    http: httpx.AsyncClient,
+) -> None:
+    generation = await completed()
+    http.timeout = httpx.Timeout(client_read, connect=15.0)
+    sent: list[dict[str, float | None]] = []
+
+    async def capture(request: httpx.Request) -> None:
+        sent.append(request.extensions["timeout"])
+
+    http.event_hooks["request"].append(capture)
+
+    done = await download_generation_files(
+        client, generation, storage_for(dest), assets=("video",), http=http, limits=limits
+    )
+
+    assert done.assets["video"].bytes == SIZE
+    assert sent == [{"connect": 15.0, "read": sent_read, "write": client_read, "pool": client_read}]
