@@ -181,7 +181,7 @@ class PartTransfer:
         generation_id: str,
         meta: dict[str, Any],
         max_bytes: int = 4 * 1024**3,
-        chunk_size: int = 1024 * 1024,
+        chunk_size: int = 64 * 1024,
         progress: Progress | None = None,
         limits: TransferLimits | None = None,
         clock: Clock | None = None,
@@ -324,13 +324,16 @@ class PartTransfer:
     async def _copy(self, pieces: AsyncIterator[bytes], append: bool, total: int | None) -> None:
         """Network pieces into the part in batches of `chunk_size`, hashed on the way.
 
-        Each piece is hashed as it arrives (still in this core's cache); a batch goes to the
-        part in one vectored write, in a thread, never joined into one more copy (1 GiB of
-        copies per GiB, and a fresh 1 MiB buffer each time). Batched here, not with httpx's
-        `chunk_size`: httpx drops a half-filled chunk when the connection breaks, and those
-        bytes would be downloaded twice. Whatever ends the attempt (a break-off, a cut,
-        cancellation), what arrived is written before this returns, so `have` and `digest`
-        cover exactly the bytes in the part.
+        Each piece is hashed as it arrives and its batch written by this thread in one
+        vectored write, while the bytes are still in this core's cache: the part is always a
+        local file (remote storage stages it), and a 64 KiB write into the page cache is
+        cheaper than a hop to a thread on the other core (1 GiB over https: 4.1 CPU s against
+        6.6 with 1 MiB batches joined and written in a thread, whose copy into the page cache
+        missed the cache; 6.5 with 1 MiB batches written here, re-faulting the heap's pages).
+        Batched here, not with httpx's `chunk_size`: httpx drops a half-filled chunk when
+        the connection breaks, and those bytes would be downloaded twice. Whatever ends the
+        attempt (a break-off, a cut, cancellation), what arrived is written before this
+        returns, so `have` and `digest` cover exactly the bytes in the part.
         """
         last, over = -_PROGRESS_EVERY, False  # the first batch is reported at once
         batch: list[bytes] = []
@@ -349,8 +352,8 @@ class PartTransfer:
                     batch.append(piece)
                     size += len(piece)
                     if size >= self.chunk_size:
-                        await self._flush(write, batch, size)
-                        batch, size = [], 0
+                        full, batch, size = batch, [], 0
+                        self._write(write, full)
                         now = self.clock.monotonic()
                         if self.progress and now - last >= _PROGRESS_EVERY:
                             last = now
@@ -358,29 +361,18 @@ class PartTransfer:
             finally:
                 # What arrived before a break-off is kept: the resume starts after it.
                 if batch and not over:
-                    await self._flush(write, batch, size)
+                    self._write(write, batch)
         if over:
             await self._too_big(f"grew past {self.max_bytes} bytes")
         if self.progress:
             await self.progress(self.have, total)
 
-    async def _flush(
-        self, write: Callable[[list[bytes]], None], batch: list[bytes], size: int
-    ) -> None:
-        """Write one hashed batch in a thread, then count it; a cancellation waits for the
-        write, so counts stay exact."""
-        written = asyncio.get_running_loop().run_in_executor(None, write, batch)
-        cancelled = False
-        while not written.done():
-            try:
-                await asyncio.wait({written})
-            except asyncio.CancelledError:
-                cancelled = True
-        written.result()  # a failed write raised LumaDownloadError, the part removed
-        self.have += size
+    def _write(self, write: Callable[[list[bytes]], None], batch: list[bytes]) -> None:
+        """Write one hashed batch, then count it (a failed write raised LumaDownloadError,
+        the part removed)."""
+        write(batch)
+        self.have += sum(map(len, batch))
         self._hashed = self.have
-        if cancelled:
-            raise asyncio.CancelledError
 
     async def _unsatisfiable(self, response: httpx.Response) -> None:
         # 416 with the part already whole: a crash came between the last byte and the rename.
