@@ -3,7 +3,8 @@
 Starts the relay simulator in a child process (like a CDN on another machine: its Python
 does not share our GIL), serving https with a certificate made for the run (trustme). Then,
 in the same run, `--rounds` rounds; each round runs every contender once, in an order that
-rotates from round to round (alternating pairs, never best-of), and the table shows medians:
+rotates from round to round (alternating pairs, never best-of), and the table shows medians
+(and the lowest-highest CPU per GiB over the rounds):
 
 - `luma_prefect` : `download_generation_files` with its media client (httpx's own transport)
 - `luma_prefect + httpx-aiohttp` : the same engine over the httpx-aiohttp transport
@@ -368,8 +369,17 @@ def report(
     aiohttp_cpu = cpu_per_gib(by_name["aiohttp + sha256"])
     print(f"\n{args.size_mib} MiB over https on 127.0.0.1 (simulator in a child process);")
     print(f"{args.rounds} rounds, contenders alternated; medians; every file's sha256 checked.\n")
-    header = ("contender", "wall s", "MB/s", "x curl", "CPU s/GiB", "x aiohttp", "peak RSS +")
-    widths = (30, 7, 6, 6, 9, 9, 10)
+    header = (
+        "contender",
+        "wall s",
+        "MB/s",
+        "x curl",
+        "CPU s/GiB",
+        "rounds",
+        "x aiohttp",
+        "peak RSS +",
+    )
+    widths = (30, 7, 6, 6, 9, 11, 9, 10)
 
     def row(*cells: str) -> None:
         print("| " + " | ".join(f"{c:<{w}}" for c, w in zip(cells, widths, strict=True)) + " |")
@@ -385,6 +395,7 @@ def report(
             f"{size / wall / 1e6:.0f}",
             f"{curl_wall / wall:.2f}",
             f"{cpu_per_gib(c):.2f}",
+            f"{min(c.cpus) * GIB / size:.2f}-{max(c.cpus) * GIB / size:.2f}",
             f"{cpu_per_gib(c) / aiohttp_cpu:.2f}",
             rss,
         )

@@ -3,7 +3,7 @@
 `download_generation_files` fetches the video (watermark-free source first), thumbnail and
 last frame into `<destination>/<generation id>/`, with a plain HTTP client that never sends
 the relay key (media links point at third-party CDNs). Each file streams into a `.part` in
-1 MiB batches (memory stays flat), hashed on the way, checked against the announced length,
+64 KiB batches (memory stays flat), hashed on the way, checked against the announced length,
 then renamed into place. Broken-off transfers resume with HTTP Range; a link that answers
 401/403/404/410 (expired) is refreshed once from the relay; a rerun reuses the verified files
 recorded in `<id>/.download.json` without any media request.
@@ -171,7 +171,7 @@ async def download_generation_files(
     video_sources: Sequence[str] = VIDEO_SOURCES,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_concurrent: int = 3,
-    chunk_size: int = 1024 * 1024,
+    chunk_size: int = 64 * 1024,
     max_resume_attempts: int = 3,
     http: httpx.AsyncClient | None = None,
     on_progress: ProgressCallback | None = None,

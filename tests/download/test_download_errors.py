@@ -185,9 +185,11 @@ async def test_a_full_disk_removes_the_partial_file(
 ) -> None:
     generation = await completed()
     written: list[int] = []
+    refused: list[int] = []
 
     def full_disk(file: Any, data: bytes) -> None:
         if written:
+            refused.append(len(data))
             raise OSError(errno.ENOSPC, "No space left on device")
         written.append(len(data))
         real_write(file, data)
@@ -203,6 +205,7 @@ async def test_a_full_disk_removes_the_partial_file(
 
     assert info.value.generation_id == generation.id
     assert written  # it failed mid-file, not before starting
+    assert len(refused) == 1  # nothing more was tried on the part once the disk refused
     assert tree(dest) == []  # no part, nothing under the final name
 
 

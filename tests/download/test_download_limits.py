@@ -25,6 +25,11 @@ SIZE = 3 * MIB
 LIMITS = TransferLimits(deadline_seconds=600.0, stall_seconds=30.0, stall_bytes=64 * 1024)
 
 
+def part_size(dest: Path, generation_id: str) -> int:
+    part = dest / generation_id / "video.part"
+    return part.stat().st_size if part.exists() else 0
+
+
 def media_requests(sim: RelaySimulator, generation_id: str) -> int:
     return sim.counters().media_requests_by_generation.get(generation_id, 0)
 
@@ -53,7 +58,6 @@ async def test_a_stalled_or_trickling_body_is_cut_and_resumed(
     # After 1 MiB: silence, or a byte every 10 ms (the rest would take ~6 hours).
     sim.add_fault(Fault(kind, after_bytes=MIB, delay_seconds=0.01, times=1))
     clock = FakeClock(manual=True)
-    written: list[int] = []
     download = asyncio.ensure_future(
         download_generation_files(
             client,
@@ -63,10 +67,9 @@ async def test_a_stalled_or_trickling_body_is_cut_and_resumed(
             http=http,
             limits=LIMITS,
             clock=clock,
-            on_progress=lambda name, done, total: written.append(done),
         )
     )
-    await eventually(lambda: MIB in written, "the first MiB was written")
+    await eventually(lambda: part_size(dest, generation.id) >= MIB, "the first MiB was written")
     sim.reset_counters()
 
     done = await advance_until_done(clock, download)
@@ -124,7 +127,6 @@ async def test_a_file_that_outlives_its_deadline_fails_and_keeps_its_part(
     sim.add_fault(Fault(FaultKind.TRICKLE_BODY, after_bytes=MIB, delay_seconds=0.01))
     limits = TransferLimits(deadline_seconds=120.0, stall_seconds=3600.0, stall_bytes=1)
     clock = FakeClock(manual=True)
-    written: list[int] = []
     download = asyncio.ensure_future(
         download_generation_files(
             client,
@@ -134,10 +136,9 @@ async def test_a_file_that_outlives_its_deadline_fails_and_keeps_its_part(
             http=http,
             limits=limits,
             clock=clock,
-            on_progress=lambda name, done, total: written.append(done),
         )
     )
-    await eventually(lambda: MIB in written, "the first MiB was written")
+    await eventually(lambda: part_size(dest, generation.id) >= MIB, "the first MiB was written")
     clock.advance(119)
     for _ in range(50):
         await asyncio.sleep(0)
@@ -152,3 +153,39 @@ async def test_a_file_that_outlives_its_deadline_fails_and_keeps_its_part(
     assert 0 < part.stat().st_size < SIZE  # kept for a resume
     assert part.read_bytes() == synthetic_bytes(0, part.stat().st_size)
     assert media_requests(sim, generation.id) == 1
+
+
+@pytest.mark.parametrize(
+    ("limits", "client_read", "sent_read"),
+    [
+        (LIMITS, 60.0, None),  # two 30 s windows cut a silent link by 60 s: no per-read timer
+        (TransferLimits(stall_seconds=40.0), 60.0, 60.0),  # the windows alone: 80 s
+        (TransferLimits(stall_bytes=0), 60.0, 60.0),  # no stall check: the read timeout stays
+        (LIMITS, 5.0, 5.0),  # the client's own stricter read timeout stays
+    ],
+)
+async def test_the_read_timeout_is_left_out_only_where_the_stall_check_cuts_sooner(
+    limits: TransferLimits,
+    client_read: float,
+    sent_read: float | None,
+    sim: RelaySimulator,
+    client: LumaClient,
+    completed: Callable[..., Any],
+    dest: Path,
+    http: httpx.AsyncClient,
+) -> None:
+    generation = await completed()
+    http.timeout = httpx.Timeout(client_read, connect=15.0)
+    sent: list[dict[str, float | None]] = []
+
+    async def capture(request: httpx.Request) -> None:
+        sent.append(request.extensions["timeout"])
+
+    http.event_hooks["request"].append(capture)
+
+    done = await download_generation_files(
+        client, generation, storage_for(dest), assets=("video",), http=http, limits=limits
+    )
+
+    assert done.assets["video"].bytes == SIZE
+    assert sent == [{"connect": 15.0, "read": sent_read, "write": client_read, "pool": client_read}]

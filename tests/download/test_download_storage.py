@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -205,3 +206,27 @@ def test_a_full_disk_on_write_bytes_leaves_nothing(
     with pytest.raises(LumaDownloadError, match="disk is full"):
         storage.write_bytes("a/b.json", b"{}")
     assert tree(tmp_path) == []
+
+
+def test_a_part_takes_a_batch_of_pieces_in_order_through_short_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch lands in the part in order, in vectored writes of at most IOV_MAX pieces,
+    also when the file takes fewer bytes than offered (a short write ends inside a piece)."""
+    pieces = [bytes([i % 251]) * (i % 13 + 1) for i in range(3000)]  # ~21 kB in 3000 pieces
+    offered: list[int] = []
+    real_writev = os.writev
+
+    def short_writev(fd: int, buffers: Any) -> int:
+        offered.append(len(buffers))
+        head = b"".join(bytes(buffer) for buffer in buffers)[:1000]
+        return real_writev(fd, [head])
+
+    monkeypatch.setattr(os, "writev", short_writev)
+    part = LocalStorage(tmp_path).open_part("gen/video")
+    with part.writer(append=False) as write:
+        write(b"head:")
+        write(pieces)
+
+    assert part.path.read_bytes() == b"head:" + b"".join(pieces)
+    assert len(offered) > 20 and max(offered) <= 1024
