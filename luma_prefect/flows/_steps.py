@@ -60,7 +60,6 @@ from luma_prefect.ledger._records import Ledger, LedgerRecord, SubmitIntent
 from luma_prefect.storage import Storage, storage_for
 from luma_prefect.tasks import _names as names
 from luma_prefect.tasks import download_generation as _download_task
-from luma_prefect.tasks import publish_generation as _publish_task
 from luma_prefect.tasks import submit_generation, wait_for_generation
 from luma_prefect.tasks._common import (
     DOWNLOAD_BACKSTOP_SECONDS,
@@ -68,6 +67,7 @@ from luma_prefect.tasks._common import (
     WAIT_BACKSTOP_MARGIN_SECONDS,
     Destination,
 )
+from luma_prefect.tasks._delivery import announce_published, publish_files
 from luma_prefect.tasks._throttle import relay_slots
 from luma_prefect.tasks._waiting import follow_generations_task
 from luma_prefect.wait._engine import WaitFeed
@@ -98,9 +98,9 @@ _SENDING_STUCK_AFTER = timedelta(hours=1)
 _FINAL_RUN_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 EVENT_SUBMIT_IN_DOUBT = "luma.submit.in-doubt"
 # The download and publish tasks' bodies: the deliver task runs both, without task runs of
-# their own (one task run per delivery instead of two; #12).
+# their own (one task run per delivery instead of two; #12); the published event it sends
+# last (`announce_published`).
 download_generation = _download_task.fn
-publish_generation = _publish_task.fn
 # Deliveries at once in the sweeps (generate_videos has max_concurrent): without a bound,
 # 500 generations settling in one poll round took 482-538 MB of peak RSS (#12).
 DELIVERIES_AT_ONCE = 8
@@ -675,7 +675,7 @@ async def deliver_generation(
         )
         ledger.mark(generation.id, "downloaded")
         await _check_held(ledger, lease)
-        published = await publish_generation(
+        published, states = await publish_files(
             downloaded,
             destination=destination,
             request=request or _recorded_request(record),
@@ -708,6 +708,8 @@ async def deliver_generation(
         )
     await _check_held(ledger, lease)
     ledger.mark(generation.id, "published")
+    # Only now: an automation acting on it finds the files its manifest describes.
+    published = announce_published(published, states)
     # Ours are all committed; any other is a late write of a holder taken over meanwhile.
     await _discard_parts(storage, generation.id, keep=None)
     return GenerationOutcome(

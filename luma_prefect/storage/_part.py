@@ -111,7 +111,10 @@ class PartFile:
 def _write_chunk(file: BinaryIO, data: Sequence[bytes]) -> None:
     # One seam for every streamed write (tests make it fail as a full disk would).
     if not hasattr(os, "writev"):  # Windows: one copy, one write
-        data = [b"".join(data)]
+        view = memoryview(b"".join(data))
+        while view:
+            view = view[_accepted(file.write(view)) :]
+        return
     fd = file.fileno()
     pending: list[bytes | memoryview] = [piece for piece in data if piece]
     while pending:

@@ -165,6 +165,29 @@ async def publish_generation(
         print(published.manifest_path)
         ```
     """
+    published, states = await publish_files(
+        downloaded,
+        destination=destination,
+        request=request,
+        timeline=timeline,
+        create_artifacts=create_artifacts,
+    )
+    return announce_published(published, states) if emit_events else published
+
+
+async def publish_files(
+    downloaded: DownloadedGeneration,
+    destination: Destination | None = None,
+    request: GenerationRequest | None = None,
+    timeline: dict[str, datetime] | None = None,
+    create_artifacts: bool = True,
+) -> tuple[PublishedGeneration, list[dict[str, str]]]:
+    """`publish_generation` without its event, and the manifest's states for that event.
+
+    The flows send the event themselves, once the files are checked against the manifest
+    and the ledger says published: automations act on it, so it never comes for a manifest
+    that is taken back.
+    """
     generation = downloaded.generation
     storage = storage_for(downloaded.destination if destination is None else destination)
     manifest = build_manifest(downloaded, request=request, timeline=timeline)
@@ -176,20 +199,24 @@ async def publish_generation(
         key = summary_artifact_key()
         await create_summary_artifact(downloaded, manifest_path, key, storage)
         keys.append(key)
-    events: list[str] = []
-    if emit_events:
-        files = {name: asset.path for name, asset in downloaded.assets.items()}
-        emit_generation_event(
-            EVENT_PUBLISHED,
-            generation,
-            {"manifest": manifest_path, "files": files, "states": manifest["states"]},
-        )
-        events.append(EVENT_PUBLISHED)
     get_run_logger().info("Published generation %s: %s", generation.id, manifest_path)
-    return PublishedGeneration(
+    published = PublishedGeneration(
         generation_id=generation.id,
         downloaded=downloaded,
         manifest_path=manifest_path,
         artifact_keys=keys,
-        events=events,
     )
+    return published, manifest["states"]
+
+
+def announce_published(
+    published: PublishedGeneration, states: list[dict[str, str]]
+) -> PublishedGeneration:
+    """Send `luma.generation.published` (manifest, files, states); `published` naming it."""
+    files = {name: asset.path for name, asset in published.downloaded.assets.items()}
+    emit_generation_event(
+        EVENT_PUBLISHED,
+        published.downloaded.generation,
+        {"manifest": published.manifest_path, "files": files, "states": states},
+    )
+    return published.model_copy(update={"events": [*published.events, EVENT_PUBLISHED]})

@@ -115,6 +115,42 @@ async def test_a_body_that_stalls_from_its_first_byte_is_cut_after_one_window(
     assert done.assets["video"].bytes == SIZE
 
 
+async def test_an_answer_whose_headers_never_come_is_cut_after_one_window(
+    sim: RelaySimulator,
+    client: LumaClient,
+    completed: Callable[..., Any],
+    dest: Path,
+    http: httpx.AsyncClient,
+) -> None:
+    """No per-read timeout is sent (the stall check is stricter), so the stall check alone
+    must bound the wait for the answer's headers as it bounds the body."""
+    generation = await completed()
+    sim.add_fault(Fault(FaultKind.SLOW, routes=("media",), delay_seconds=3600.0, times=1))
+    clock = FakeClock(manual=True)
+    download = asyncio.ensure_future(
+        download_generation_files(
+            client,
+            generation,
+            storage_for(dest),
+            assets=("video",),
+            http=http,
+            limits=LIMITS,
+            clock=clock,
+        )
+    )
+    await eventually(lambda: media_requests(sim, generation.id) == 1, "the request came")
+    clock.advance(LIMITS.stall_seconds - 1)
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert not download.done()
+
+    clock.advance(1)
+    done = await asyncio.wait_for(download, 10)
+
+    assert media_requests(sim, generation.id) == 2
+    assert done.assets["video"].bytes == SIZE
+
+
 async def test_a_file_that_outlives_its_deadline_fails_and_keeps_its_part(
     sim: RelaySimulator,
     client: LumaClient,

@@ -230,3 +230,16 @@ def test_a_part_takes_a_batch_of_pieces_in_order_through_short_writes(
 
     assert part.path.read_bytes() == b"head:" + b"".join(pieces)
     assert len(offered) > 20 and max(offered) <= 1024
+
+
+def test_a_part_takes_a_batch_where_there_is_no_writev(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows has no os.writev: the batch is joined and written with the file's own write."""
+    monkeypatch.delattr(os, "writev")
+    part = LocalStorage(tmp_path).open_part("gen/video")
+    with part.writer(append=False) as write:
+        write(b"head:")
+        write([b"one", b"", b"two"])
+
+    assert part.path.read_bytes() == b"head:onetwo"

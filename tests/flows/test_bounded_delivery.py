@@ -261,7 +261,10 @@ async def _keep(records: list[str], rows: list[dict[str, Any]]) -> None:
 
 
 async def test_files_that_keep_changing_are_never_published_nor_described(
-    sim: RelaySimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sim: RelaySimulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    events: Callable[[], list[Any]],
 ) -> None:
     destination = str(tmp_path)
     generation_id = sim.create_generation(prompt="always overwritten", state="completed")
@@ -287,3 +290,5 @@ async def test_files_that_keep_changing_are_never_published_nor_described(
     assert outcome.status == "error"
     assert "kept differing from its manifest" in (outcome.error or "")
     assert not (tmp_path / generation_id / "manifest.json").exists()
+    # Automations act on `published`: none may be sent for a manifest that was taken back.
+    assert "luma.generation.published" not in {e.event for e in events()}
