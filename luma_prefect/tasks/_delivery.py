@@ -172,7 +172,12 @@ async def publish_generation(
         timeline=timeline,
         create_artifacts=create_artifacts,
     )
-    return announce_published(published, states) if emit_events else published
+    if emit_events:
+        return announce_published(published, states)
+    get_run_logger().info(
+        "Published generation %s: %s", published.generation_id, published.manifest_path
+    )
+    return published
 
 
 async def publish_files(
@@ -199,7 +204,6 @@ async def publish_files(
         key = summary_artifact_key()
         await create_summary_artifact(downloaded, manifest_path, key, storage)
         keys.append(key)
-    get_run_logger().info("Published generation %s: %s", generation.id, manifest_path)
     published = PublishedGeneration(
         generation_id=generation.id,
         downloaded=downloaded,
@@ -212,7 +216,11 @@ async def publish_files(
 def announce_published(
     published: PublishedGeneration, states: list[dict[str, str]]
 ) -> PublishedGeneration:
-    """Send `luma.generation.published` (manifest, files, states); `published` naming it."""
+    """Say it (the INFO line, `luma.generation.published` with manifest, files, states);
+    `published` naming the event."""
+    get_run_logger().info(
+        "Published generation %s: %s", published.generation_id, published.manifest_path
+    )
     files = {name: asset.path for name, asset in published.downloaded.assets.items()}
     emit_generation_event(
         EVENT_PUBLISHED,
