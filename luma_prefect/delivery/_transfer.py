@@ -44,6 +44,12 @@ _log = logging.getLogger("luma_prefect.download")
 EXPIRED_STATUSES = (401, 403, 404, 410)
 _TRANSIENT = (408, 425, 429, 500, 502, 503, 504, 520, 522, 524)
 _PROGRESS_EVERY = 0.25  # seconds: a few updates a second are plenty for a progress bar
+# A 64 KiB write into the page cache takes tens of microseconds; one that takes longer than
+# this means a slow or throttled mount (a NAS under writeback), and the part's later writes
+# go to a worker thread, so the event loop stays free for the stall check and the other
+# deliveries. In a thread, 64 KiB writes cost 7.0 CPU s per GiB against 4.3 here (512 MiB
+# over https, 3 alternated rounds): the loop's own thread is the fast path, not the only one.
+_SLOW_WRITE_SECONDS = 0.05
 _MAX_REDIRECTS = 10
 _EXTENSIONS = {
     "video/mp4": ".mp4",
@@ -195,6 +201,7 @@ class PartTransfer:
         self.received = 0  # bytes off the network in this attempt: what the stall check counts
         self.digest: Any = None
         self._hashed = -1  # bytes fed to `digest`; -1: unknown, hash the part from disk
+        self._threaded = False  # a write was slow: the next ones go to a worker thread
 
     async def run(self, url: str, *, deadline: float) -> None:
         """One attempt, cut when it stalls or when the clock passes `deadline`.
@@ -328,12 +335,13 @@ class PartTransfer:
         Each piece is hashed as it arrives and its batch written by this thread in one
         vectored write, while the bytes are still in this core's cache: the part is always a
         local file (remote storage stages it), and a 64 KiB write into the page cache is
-        cheaper than a hop to a thread on the other core. CPU s per GiB over https on
-        loopback (2 alternated rounds): 1 MiB batches joined and written in a thread 6.60
-        (their copy into the page cache ran on the other core and missed its cache); 1 MiB
-        written here 6.45 (313k page faults per GiB: the heap's pages returned and faulted
-        again); 32 KiB 4.59; 64 KiB 4.13 (216 faults); 128 KiB 4.73; 256 KiB 4.93; plain
-        httpx writing each piece 5.55 (275k faults).
+        cheaper than a hop to a thread on the other core (unless writes turn out slow: see
+        `_write`). CPU s per GiB over https on loopback (2 alternated rounds): 1 MiB batches
+        joined and written in a thread 6.60 (their copy into the page cache ran on the
+        other core and missed its cache); 1 MiB written here 6.45 (313k page faults per GiB:
+        the heap's pages returned and faulted again); 32 KiB 4.59; 64 KiB 4.13 (216
+        faults); 128 KiB 4.73; 256 KiB 4.93; plain httpx writing each piece 5.55 (275k
+        faults).
         Batched here, not with httpx's `chunk_size`: httpx drops a half-filled chunk when
         the connection breaks, and those bytes would be downloaded twice. Whatever ends the
         attempt (a break-off, a cut, cancellation), what arrived is written before this
@@ -357,7 +365,7 @@ class PartTransfer:
                     size += len(piece)
                     if size >= self.chunk_size:
                         full, batch, size = batch, [], 0
-                        self._write(write, full)
+                        await self._write(write, full)
                         now = self.clock.monotonic()
                         if self.progress and now - last >= _PROGRESS_EVERY:
                             last = now
@@ -365,18 +373,34 @@ class PartTransfer:
             finally:
                 # What arrived before a break-off is kept: the resume starts after it.
                 if batch and not over:
-                    self._write(write, batch)
+                    await self._write(write, batch)
         if over:
             await self._too_big(f"grew past {self.max_bytes} bytes")
         if self.progress:
             await self.progress(self.have, total)
 
-    def _write(self, write: Callable[[list[bytes]], None], batch: list[bytes]) -> None:
+    async def _write(self, write: Callable[[list[bytes]], None], batch: list[bytes]) -> None:
         """Write one hashed batch, then count it (a failed write raised LumaDownloadError,
-        the part removed)."""
-        write(batch)
+        the part removed). Here, or in a thread once a write was slow; a cancellation
+        waits for a write in a thread, so `have` and `digest` still match the part."""
+        if self._threaded:
+            written = asyncio.get_running_loop().run_in_executor(None, write, batch)
+            cancelled = False
+            while not written.done():
+                try:
+                    await asyncio.wait({written})
+                except asyncio.CancelledError:
+                    cancelled = True
+            written.result()
+        else:
+            began = self.clock.monotonic()
+            write(batch)
+            self._threaded = self.clock.monotonic() - began > _SLOW_WRITE_SECONDS
+            cancelled = False
         self.have += sum(map(len, batch))
         self._hashed = self.have
+        if cancelled:
+            raise asyncio.CancelledError
 
     async def _unsatisfiable(self, response: httpx.Response) -> None:
         # 416 with the part already whole: a crash came between the last byte and the rename.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +20,15 @@ from luma_prefect import LumaClient, LumaConfigurationError, LumaDownloadError
 from luma_prefect.delivery._download import download_generation_files
 from luma_prefect.simulator import Fault, FaultKind, RelaySimulator
 from luma_prefect.simulator._media import synthetic_bytes
-from luma_prefect.storage import FsspecStorage, LocalStorage, Storage, check_relpath, storage_for
+from luma_prefect.simulator.pytest_plugin import FakeClock
+from luma_prefect.storage import (
+    FsspecStorage,
+    LocalStorage,
+    Storage,
+    _part,
+    check_relpath,
+    storage_for,
+)
 
 from .conftest import MIB, tree
 
@@ -243,3 +252,39 @@ def test_a_part_takes_a_batch_where_there_is_no_writev(
         write([b"one", b"", b"two"])
 
     assert part.path.read_bytes() == b"head:onetwo"
+
+
+@pytest.mark.parametrize("slow", [False, True])
+async def test_a_slow_write_moves_the_rest_of_the_part_to_a_worker_thread(
+    sim: RelaySimulator,
+    client: LumaClient,
+    completed: Callable[..., Any],
+    dest: Path,
+    http: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+    slow: bool,
+) -> None:
+    """Writes run on the event loop while they are quick; after one slow write (a NAS under
+    writeback) the part's next writes go to a worker thread, and the file is still whole."""
+    generation = await completed()
+    clock = FakeClock(manual=True)
+    loop_thread = threading.current_thread()
+    on_loop: list[bool] = []
+    real_write = _part._write_chunk
+
+    def timed_write(file: Any, data: Any) -> None:
+        on_loop.append(threading.current_thread() is loop_thread)
+        if slow and len(on_loop) == 1:
+            clock.advance(1.0)  # the first write took a second
+        real_write(file, data)
+
+    monkeypatch.setattr(_part, "_write_chunk", timed_write)
+    done = await download_generation_files(
+        client, generation, storage_for(dest), assets=("video",), http=http, clock=clock
+    )
+
+    assert len(on_loop) > 2 and on_loop[0]
+    assert on_loop[1:] == [not slow] * (len(on_loop) - 1)
+    expected = synthetic_bytes(0, 3 * MIB)
+    assert Path(done.assets["video"].path).read_bytes() == expected
+    assert done.assets["video"].sha256 == hashlib.sha256(expected).hexdigest()
