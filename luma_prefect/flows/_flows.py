@@ -31,8 +31,8 @@ from luma_prefect.flows._steps import (
     generate_one,
     left_behind,
     report_batch,
-    settle_in_doubt,
 )
+from luma_prefect.flows._submit import settle_in_doubt
 from luma_prefect.flows._sweep import plan_sweep, report_unswept
 from luma_prefect.ledger._records import Ledger, LedgerRecord
 from luma_prefect.storage import storage_for
