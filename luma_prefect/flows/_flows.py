@@ -23,13 +23,13 @@ from luma_prefect._models import (
 from luma_prefect._outcomes import AssetName, GenerationOutcome, PublishedGeneration
 from luma_prefect.credentials import LumaRelayCredentials
 from luma_prefect.delivery._publish import report_failures
+from luma_prefect.flows._deliver import left_behind
 from luma_prefect.flows._steps import (
     FailWhen,
     WaitOptions,
     collect,
     generate_many,
     generate_one,
-    left_behind,
     report_batch,
 )
 from luma_prefect.flows._submit import settle_in_doubt
