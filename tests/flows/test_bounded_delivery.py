@@ -20,8 +20,8 @@ import pytest
 from prefect import flow
 from prefect.runtime import flow_run
 
+import luma_prefect.flows._batch as batch
 import luma_prefect.flows._deliver as delivery
-import luma_prefect.flows._steps as steps
 import luma_prefect.tasks._common
 from luma_prefect import Generation, GenerationRequest, LumaDownloadError
 from luma_prefect.delivery._download import download_generation_files
@@ -237,7 +237,7 @@ async def test_whatever_one_generation_raises_the_others_are_published(
     monkeypatch.setattr(delivery, "download_generation", one_breaks)
     records: list[str] = []
     monkeypatch.setattr(
-        steps,
+        batch,
         "create_batch_table",
         lambda rows, key: _keep(records, rows),
     )

@@ -1,7 +1,9 @@
-"""The steps the flows chain: submit once, wait, claim, download, publish, report.
+"""The steps the flows chain, composed: submit once, wait, deliver; one generation or a batch.
 
-Kept apart from `flows.py` so that module shows only what users run. These steps call the
-Prefect tasks and the ledger; every generation-level error becomes a `GenerationOutcome`.
+Kept apart from `_flows.py` so that module shows only what users run. The submit is
+`_submit.py`'s, the delivery under a claim `_deliver.py`'s; here they meet the wait (one
+for the whole batch) and the report. Every generation-level error becomes a
+`GenerationOutcome`.
 """
 
 from __future__ import annotations
