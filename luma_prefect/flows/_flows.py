@@ -23,16 +23,16 @@ from luma_prefect._models import (
 from luma_prefect._outcomes import AssetName, GenerationOutcome, PublishedGeneration
 from luma_prefect.credentials import LumaRelayCredentials
 from luma_prefect.delivery._publish import report_failures
-from luma_prefect.flows._steps import (
+from luma_prefect.flows._batch import (
     FailWhen,
     WaitOptions,
     collect,
     generate_many,
     generate_one,
-    left_behind,
     report_batch,
-    settle_in_doubt,
 )
+from luma_prefect.flows._deliver import left_behind
+from luma_prefect.flows._submit import settle_in_doubt
 from luma_prefect.flows._sweep import plan_sweep, report_unswept
 from luma_prefect.ledger._records import Ledger, LedgerRecord
 from luma_prefect.storage import storage_for

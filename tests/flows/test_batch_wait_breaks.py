@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-import luma_prefect.flows._steps
+import luma_prefect.flows._batch
 from luma_prefect import GenerationRequest, LumaError
 from luma_prefect.flows import generate_videos
 from luma_prefect.simulator import RelaySimulator
@@ -42,7 +42,7 @@ async def test_a_wait_that_fails_before_it_starts_ends_the_batch_and_stops_its_s
     async def refused(*args: Any, **kwargs: Any) -> int:
         raise RuntimeError("the task run was refused")
 
-    monkeypatch.setattr(luma_prefect.flows._steps, "follow_generations_task", refused)
+    monkeypatch.setattr(luma_prefect.flows._batch, "follow_generations_task", refused)
 
     outcomes = await asyncio.wait_for(  # a bound on a hang, not a pause
         generate_videos(

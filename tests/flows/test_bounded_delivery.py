@@ -20,7 +20,8 @@ import pytest
 from prefect import flow
 from prefect.runtime import flow_run
 
-import luma_prefect.flows._steps as steps
+import luma_prefect.flows._batch as batch
+import luma_prefect.flows._deliver as delivery
 import luma_prefect.tasks._common
 from luma_prefect import Generation, GenerationRequest, LumaDownloadError
 from luma_prefect.delivery._download import download_generation_files
@@ -83,7 +84,7 @@ async def test_generate_video_holds_a_live_claim_through_a_long_wait(
         records = ledger.unfinished()
         if records:
             record = records[0]
-            judged = await steps.left_behind(ledger, record)
+            judged = await delivery.left_behind(ledger, record)
             seen.append((now, ledger.claim_live(record.generation_id), judged))
 
     clock = FakeClock(sim)
@@ -124,8 +125,8 @@ async def test_a_holder_taken_over_mid_delivery_stops_and_publishes_nothing(
         # Meanwhile (this holder silent past its lease) another sweep took it over.
         assert ledger.claim(generation_id, "other-sweep", stale_after=TWO_MINUTES, force=True)
 
-    monkeypatch.setattr(steps, "download_generation", stalls)
-    monkeypatch.setattr(steps, "heartbeat_sleep", heartbeat)
+    monkeypatch.setattr(delivery, "download_generation", stalls)
+    monkeypatch.setattr(delivery, "heartbeat_sleep", heartbeat)
 
     [outcome] = await asyncio.wait_for(
         collect_generations(
@@ -181,7 +182,7 @@ async def test_a_file_changed_after_download_is_repaired_before_published(
 ) -> None:
     destination = str(tmp_path)
     generation_id = sim.create_generation(prompt="overwritten", state="completed")
-    real_download = steps.download_generation
+    real_download = delivery.download_generation
     calls = 0
 
     async def then_overwritten(*args: Any, **kwargs: Any) -> Any:
@@ -194,7 +195,7 @@ async def test_a_file_changed_after_download_is_repaired_before_published(
             video.write_bytes(b"\0" * video.stat().st_size)
         return downloaded
 
-    monkeypatch.setattr(steps, "download_generation", then_overwritten)
+    monkeypatch.setattr(delivery, "download_generation", then_overwritten)
 
     [outcome] = await collect_generations(
         [generation_id],
@@ -226,17 +227,17 @@ async def test_whatever_one_generation_raises_the_others_are_published(
     destination = str(tmp_path)
     ids = [sim.create_generation(prompt=f"video {i}", state="completed") for i in range(3)]
     bad = ids[1]
-    real_download = steps.download_generation
+    real_download = delivery.download_generation
 
     async def one_breaks(block: Any, generation: Generation, *args: Any, **kwargs: Any) -> Any:
         if generation.id == bad:
             raise raised
         return await real_download(block, generation, *args, **kwargs)
 
-    monkeypatch.setattr(steps, "download_generation", one_breaks)
+    monkeypatch.setattr(delivery, "download_generation", one_breaks)
     records: list[str] = []
     monkeypatch.setattr(
-        steps,
+        batch,
         "create_batch_table",
         lambda rows, key: _keep(records, rows),
     )
@@ -268,7 +269,7 @@ async def test_files_that_keep_changing_are_never_published_nor_described(
 ) -> None:
     destination = str(tmp_path)
     generation_id = sim.create_generation(prompt="always overwritten", state="completed")
-    real_download = steps.download_generation
+    real_download = delivery.download_generation
 
     async def always_overwritten(*args: Any, **kwargs: Any) -> Any:
         downloaded = await real_download(*args, **kwargs)
@@ -276,7 +277,7 @@ async def test_files_that_keep_changing_are_never_published_nor_described(
         video.write_bytes(b"\0" * video.stat().st_size)
         return downloaded
 
-    monkeypatch.setattr(steps, "download_generation", always_overwritten)
+    monkeypatch.setattr(delivery, "download_generation", always_overwritten)
 
     [outcome] = await collect_generations(
         [generation_id],
