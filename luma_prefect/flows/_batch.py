@@ -32,8 +32,15 @@ from luma_prefect.delivery._publish import (
     create_batch_table,
     emit_generation_event,
 )
-from luma_prefect.flows._deliver import _failed, _holding, _owner, _release, _take, deliver
-from luma_prefect.flows._submit import _submit_once
+from luma_prefect.flows._deliver import (
+    deliver,
+    failed_outcome,
+    holding_claim,
+    release_claim,
+    take_claim,
+    this_holder,
+)
+from luma_prefect.flows._submit import submit_once
 from luma_prefect.ledger._records import Ledger
 from luma_prefect.storage import storage_for
 from luma_prefect.tasks import wait_for_generation
@@ -99,7 +106,7 @@ async def generate_one(
             error=f"Not submitted: the batch's wait had stopped ({feed.error}).",
         )
     try:
-        generation_id = await _submit_once(
+        generation_id = await submit_once(
             block, request, ledger, idempotency_key, position, destination
         )
     except LumaError as exc:
@@ -109,9 +116,9 @@ async def generate_one(
         ).with_exception(exc)
     # The claim is held (and renewed) from the wait on: a sweep sees a live holder and
     # leaves the generation alone however long the wait takes.
-    lease = await _take(ledger, generation_id, _owner())
+    lease = await take_claim(ledger, generation_id, this_holder())
     try:
-        async with _holding(ledger, lease):
+        async with holding_claim(ledger, lease):
             try:
                 if feed is None:
                     generation = await _wait_one(block, generation_id, options)
@@ -130,9 +137,9 @@ async def generate_one(
                 in_batch=feed is not None,
             )
     except Exception as exc:  # a lost claim, or anything the steps did not expect
-        return _failed(generation_id, None, exc)
+        return failed_outcome(generation_id, None, exc)
     finally:
-        await _release(ledger, lease)
+        await release_claim(ledger, lease)
 
 
 def _settled(result: Generation | LumaError) -> Generation:
@@ -265,7 +272,7 @@ async def collect(
             except LumaError as exc:
                 outcome = _ended(ledger, generation_id, exc)
             except Exception as exc:  # the wait broke as a whole: a backstop, a bug
-                outcome = _failed(generation_id, None, exc)
+                outcome = failed_outcome(generation_id, None, exc)
             else:
                 async with deliveries:
                     outcome = await deliver(

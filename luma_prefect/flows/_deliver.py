@@ -25,7 +25,7 @@ from luma_prefect._outcomes import AssetName, GenerationOutcome
 from luma_prefect.credentials import LumaRelayCredentials
 from luma_prefect.delivery._download import discard_holder_parts
 from luma_prefect.delivery._publish import MANIFEST_NAME, mismatched_files
-from luma_prefect.flows._runs import _flow_run_finished, _unwalked
+from luma_prefect.flows._runs import flow_run_finished, unwalked
 from luma_prefect.ledger._claims import Lease
 from luma_prefect.ledger._records import Ledger, LedgerRecord
 from luma_prefect.storage import Storage, storage_for
@@ -43,7 +43,12 @@ __all__ = [
     "LumaClaimLost",
     "deliver",
     "deliver_generation",
+    "failed_outcome",
+    "holding_claim",
     "left_behind",
+    "release_claim",
+    "take_claim",
+    "this_holder",
 ]
 
 # A claim is a lease renewed while its holder waits and delivers: a holder silent for this
@@ -98,7 +103,7 @@ async def deliver(
     own = lease is None
     try:
         if lease is None:
-            lease = await _take(ledger, generation.id, _owner())
+            lease = await take_claim(ledger, generation.id, this_holder())
         if lease is None:
             holder = ledger.claim_owner(generation.id)
             message = (
@@ -110,28 +115,28 @@ async def deliver(
             return GenerationOutcome(
                 generation_id=generation.id, status="error", generation=generation, error=message
             )
-        async with _holding(ledger, lease) if own else contextlib.nullcontext():
+        async with holding_claim(ledger, lease) if own else contextlib.nullcontext():
             # Quoted: Prefect walks every parameter of a task run twice, looking for
             # futures (the generation's raw answer, the block, the ledger: 5.4 s of a
             # 500-generation profile); none of these can hold one.
             return await deliver_generation(
-                _unwalked(block),
-                _unwalked(generation),
+                unwalked(block),
+                unwalked(generation),
                 destination,
-                _unwalked(ledger),
+                unwalked(ledger),
                 assets,
-                _unwalked(request),
+                unwalked(request),
                 skip_published,
-                _unwalked(lease),
+                unwalked(lease),
                 in_batch,
             )
     except Exception as exc:
         # Anything (a redirect loop, a bad gzip body, JSON nested too deep...) is this
         # generation's outcome, never the end of the other generations of the run.
-        return _failed(generation.id, generation, exc)
+        return failed_outcome(generation.id, generation, exc)
     finally:
         if own:
-            await _release(ledger, lease)
+            await release_claim(ledger, lease)
 
 
 @task(
@@ -239,11 +244,12 @@ async def _discard_parts(storage: Storage, generation_id: str, *, keep: str | No
         )
 
 
-def _owner() -> str:
+def this_holder() -> str:
+    """Who holds claims for this run: its flow run, else this host and process."""
     return str(current_flow_run.id or f"{socket.gethostname()}-{os.getpid()}")
 
 
-async def _take(ledger: Ledger, generation_id: str, owner: str) -> Lease | None:
+async def take_claim(ledger: Ledger, generation_id: str, owner: str) -> Lease | None:
     try:
         return await _claim(ledger, generation_id, owner)
     except (OSError, LumaError) as exc:
@@ -251,7 +257,7 @@ async def _take(ledger: Ledger, generation_id: str, owner: str) -> Lease | None:
         return None
 
 
-async def _release(ledger: Ledger, lease: Lease | None) -> None:
+async def release_claim(ledger: Ledger, lease: Lease | None) -> None:
     if lease is None:
         return
     try:
@@ -275,7 +281,7 @@ def _lost_message(lease: Lease) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _holding(ledger: Ledger, lease: Lease | None) -> AsyncIterator[None]:
+async def holding_claim(ledger: Ledger, lease: Lease | None) -> AsyncIterator[None]:
     """Renew `lease` every RENEW_EVERY while the body runs; when it is lost (taken over,
     released), the body is cancelled at once and LumaClaimLost raised instead."""
     if lease is None:
@@ -319,13 +325,15 @@ async def _claim(ledger: Ledger, generation_id: str, owner: str) -> Lease | None
     if lease is not None:
         return lease
     holder = ledger.claim_owner(generation_id)
-    if holder and holder != owner and await _flow_run_finished(holder):
+    if holder and holder != owner and await flow_run_finished(holder):
         # Its holder's flow run ended (crashed, cancelled...) without releasing it.
         return ledger.claim(generation_id, owner, stale_after=LEASE, force=True)
     return None
 
 
-def _failed(generation_id: str, generation: Generation | None, exc: Exception) -> GenerationOutcome:
+def failed_outcome(
+    generation_id: str, generation: Generation | None, exc: Exception
+) -> GenerationOutcome:
     """The outcome of a generation whose step raised: a one-line message, logged once."""
     if isinstance(exc, LumaError):
         message = str(exc)
@@ -370,7 +378,7 @@ async def left_behind(ledger: Ledger, record: LedgerRecord) -> bool:
             "Could not read the claim of generation %s: %s", record.generation_id, exc
         )
         return False
-    if not record.flow_run_id or await _flow_run_finished(record.flow_run_id):
+    if not record.flow_run_id or await flow_run_finished(record.flow_run_id):
         return True
     if ledger.claim_abandoned(record.generation_id) or record.holder_gone():
         return True

@@ -28,14 +28,14 @@ from luma_prefect._exceptions import LumaError, LumaSubmitUncertainError
 from luma_prefect._models import Generation, GenerationRequest
 from luma_prefect._urls import public_url
 from luma_prefect.credentials import LumaRelayCredentials, saved_block_name
-from luma_prefect.flows._runs import _flow_run_finished, _unwalked
+from luma_prefect.flows._runs import flow_run_finished, unwalked
 from luma_prefect.ledger._identity import (
     identity_lock,
     relay_identity,
     result_key,
     root_flow_run_id,
 )
-from luma_prefect.ledger._records import Ledger, LedgerRecord, SubmitIntent
+from luma_prefect.ledger._records import Ledger, SubmitIntent
 from luma_prefect.tasks import submit_generation
 from luma_prefect.tasks._common import Destination
 
@@ -45,8 +45,8 @@ __all__ = [
     "persisted_submit",
     "relay_of",
     "resolve_advice",
-    "same_relay",
     "settle_in_doubt",
+    "submit_once",
     "submit_scope",
 ]
 
@@ -80,7 +80,7 @@ def relay_of(block: LumaRelayCredentials) -> str:
     return relay_identity(block.base_url, block.api_style, block.route_prefix)
 
 
-async def _submit_once(
+async def submit_once(
     block: LumaRelayCredentials,
     request: GenerationRequest,
     ledger: Ledger,
@@ -142,7 +142,7 @@ async def _submit_once(
         try:
             # Quoted as in `deliver`: neither can hold a future, and walking them twice per
             # task run was 1.4 ms of CPU per generation (py-spy, 300 generations).
-            generation = await submit_generation(_unwalked(block), _unwalked(request), scope)
+            generation = await submit_generation(unwalked(block), unwalked(request), scope)
         except LumaSubmitUncertainError as exc:
             # The intent stays: never re-sent automatically, reported by every sweep.
             with contextlib.suppress(LumaError, OSError):
@@ -326,7 +326,7 @@ async def _intent_left_behind(intent: SubmitIntent) -> bool:
     """Whether nobody will learn this submit's outcome any more (not sending right now)."""
     if intent.state == "in_doubt" or intent.holder_gone():
         return True
-    if not intent.flow_run_id or await _flow_run_finished(intent.flow_run_id):
+    if not intent.flow_run_id or await flow_run_finished(intent.flow_run_id):
         return True
     started = intent.started()
     return started is None or datetime.now(timezone.utc) - started > _SENDING_STUCK_AFTER
@@ -412,7 +412,3 @@ def _in_doubt_table(intents: Sequence[SubmitIntent], destination: Destination) -
 
 def _md_cell(text: str) -> str:
     return re.sub(r"([\\`*_\[\]<>|])", r"\\\1", text.replace("\n", " "))
-
-
-def same_relay(record: LedgerRecord, block: LumaRelayCredentials) -> bool:
-    return record.relay_base_url in (None, public_url(block.base_url))
