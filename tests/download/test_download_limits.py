@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from luma_prefect import LumaClient, LumaDownloadError
+from luma_prefect import Generation, LumaClient, LumaDownloadError
 from luma_prefect.delivery._download import TransferLimits, download_generation_files
 from luma_prefect.simulator import Fault, FaultKind, RelaySimulator
 from luma_prefect.simulator._media import synthetic_bytes
@@ -23,6 +23,28 @@ from .conftest import MIB, eventually
 
 SIZE = 3 * MIB
 LIMITS = TransferLimits(deadline_seconds=600.0, stall_seconds=30.0, stall_bytes=64 * 1024)
+
+
+def _video_download(
+    client: LumaClient,
+    generation: Generation,
+    dest: Path,
+    http: httpx.AsyncClient,
+    limits: TransferLimits,
+    clock: FakeClock,
+) -> asyncio.Future[Any]:
+    """The video's download, started on a fake clock: the test moves time itself."""
+    return asyncio.ensure_future(
+        download_generation_files(
+            client,
+            generation,
+            storage_for(dest),
+            assets=("video",),
+            http=http,
+            limits=limits,
+            clock=clock,
+        )
+    )
 
 
 def part_size(dest: Path, generation_id: str) -> int:
@@ -58,17 +80,7 @@ async def test_a_stalled_or_trickling_body_is_cut_and_resumed(
     # After 1 MiB: silence, or a byte every 10 ms (the rest would take ~6 hours).
     sim.add_fault(Fault(kind, after_bytes=MIB, delay_seconds=0.01, times=1))
     clock = FakeClock(manual=True)
-    download = asyncio.ensure_future(
-        download_generation_files(
-            client,
-            generation,
-            storage_for(dest),
-            assets=("video",),
-            http=http,
-            limits=LIMITS,
-            clock=clock,
-        )
-    )
+    download = _video_download(client, generation, dest, http, LIMITS, clock)
     await eventually(lambda: part_size(dest, generation.id) >= MIB, "the first MiB was written")
     sim.reset_counters()
 
@@ -91,17 +103,7 @@ async def test_a_body_that_stalls_from_its_first_byte_is_cut_after_one_window(
     generation = await completed()
     sim.add_fault(Fault(FaultKind.STALL_BODY, after_bytes=0, times=1))
     clock = FakeClock(manual=True)
-    download = asyncio.ensure_future(
-        download_generation_files(
-            client,
-            generation,
-            storage_for(dest),
-            assets=("video",),
-            http=http,
-            limits=LIMITS,
-            clock=clock,
-        )
-    )
+    download = _video_download(client, generation, dest, http, LIMITS, clock)
     await eventually(lambda: media_requests(sim, generation.id) == 1, "the request came")
     clock.advance(LIMITS.stall_seconds - 1)
     for _ in range(50):  # room to misbehave: nothing may happen before the window ends
@@ -127,17 +129,7 @@ async def test_an_answer_whose_headers_never_come_is_cut_after_one_window(
     generation = await completed()
     sim.add_fault(Fault(FaultKind.SLOW, routes=("media",), delay_seconds=3600.0, times=1))
     clock = FakeClock(manual=True)
-    download = asyncio.ensure_future(
-        download_generation_files(
-            client,
-            generation,
-            storage_for(dest),
-            assets=("video",),
-            http=http,
-            limits=LIMITS,
-            clock=clock,
-        )
-    )
+    download = _video_download(client, generation, dest, http, LIMITS, clock)
     await eventually(lambda: media_requests(sim, generation.id) == 1, "the request came")
     clock.advance(LIMITS.stall_seconds - 1)
     for _ in range(50):
@@ -163,17 +155,7 @@ async def test_a_file_that_outlives_its_deadline_fails_and_keeps_its_part(
     sim.add_fault(Fault(FaultKind.TRICKLE_BODY, after_bytes=MIB, delay_seconds=0.01))
     limits = TransferLimits(deadline_seconds=120.0, stall_seconds=3600.0, stall_bytes=1)
     clock = FakeClock(manual=True)
-    download = asyncio.ensure_future(
-        download_generation_files(
-            client,
-            generation,
-            storage_for(dest),
-            assets=("video",),
-            http=http,
-            limits=limits,
-            clock=clock,
-        )
-    )
+    download = _video_download(client, generation, dest, http, limits, clock)
     await eventually(lambda: part_size(dest, generation.id) >= MIB, "the first MiB was written")
     clock.advance(119)
     for _ in range(50):
