@@ -24,8 +24,9 @@ against its manifest after the run.
 `--source DIR` runs the flows from another checkout (e.g. `git archive main | tar -x -C
 DIR`): how the figures "before" below were taken. `--against DIR` alternates, in each run
 and on the same server and simulator, the flows from DIR and from this checkout (DIR
-first), and prints both side by side (medians), with the events per generation by name,
-wall time and the load average of their runs.
+first in even runs, second in odd ones: use an even `--runs`), and prints both side by side
+(medians), with the events per generation by name, wall time and the load average of their
+runs.
 
 Before this change (main e06165c, 2 cores shared with ~6 other jobs, load average ~15-20,
 one run each, 50 in flight):
@@ -469,10 +470,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.in_flight} in flight; code from {args.source or ROOT}.\n"
         )
         sources = [args.against, args.source] if args.against else [args.source]
-        for _ in range(args.runs):
+        for run in range(args.runs):
             for n in sizes:
                 for flow in flows:
-                    for source in sources:
+                    # Which tree goes first alternates from run to run: the second run of a
+                    # pair meets a server with more rows, and was 13-20 % slower in wall and
+                    # CPU whichever tree it ran (500 generations, load 1-2).
+                    for source in sources[::-1] if run % 2 else sources:
                         row = measure(stack, flow, n, args, source)
                         rows.append(row)
                         print(
