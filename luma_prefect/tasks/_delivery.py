@@ -172,12 +172,7 @@ async def publish_generation(
         timeline=timeline,
         create_artifacts=create_artifacts,
     )
-    if emit_events:
-        return announce_published(published, states)
-    get_run_logger().info(
-        "Published generation %s: %s", published.generation_id, published.manifest_path
-    )
-    return published
+    return announce_published(published, states, emit_event=emit_events)
 
 
 async def publish_files(
@@ -214,13 +209,15 @@ async def publish_files(
 
 
 def announce_published(
-    published: PublishedGeneration, states: list[dict[str, str]]
+    published: PublishedGeneration, states: list[dict[str, str]], *, emit_event: bool = True
 ) -> PublishedGeneration:
-    """Say it (the INFO line, `luma.generation.published` with manifest, files, states);
-    `published` naming the event."""
+    """Say it: the INFO line, and (`emit_event`) `luma.generation.published` with manifest,
+    files and states, `published` then naming the event."""
     get_run_logger().info(
         "Published generation %s: %s", published.generation_id, published.manifest_path
     )
+    if not emit_event:
+        return published
     files = {name: asset.path for name, asset in published.downloaded.assets.items()}
     emit_generation_event(
         EVENT_PUBLISHED,
