@@ -134,6 +134,11 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
+def _without_id(error: str, generation_id: str) -> str:
+    # A submit that failed has no generation id: nothing to replace then.
+    return error.replace(generation_id, "<id>") if generation_id else error
+
+
 def child_main(args: argparse.Namespace) -> dict[str, Any]:
     """Run one flow in this process; print what it cost."""
     import gc
@@ -191,7 +196,7 @@ def child_main(args: argparse.Namespace) -> dict[str, Any]:
         # twice); the first words of each distinct error.
         "not_published": dict(
             Counter(
-                f"{o.status}: {(o.error or '').replace(o.generation_id, '<id>')[:90]}"
+                f"{o.status}: {_without_id(o.error or '', o.generation_id)[:160]}"
                 for o in outcomes
                 if not o.ok
             ).most_common(5)

@@ -161,6 +161,10 @@ class LumaClient:
         self.max_response_bytes = max_response_bytes
         self._sleep: Sleep = sleep or asyncio.sleep
         self._gate: RequestGate = request_gate or contextlib.nullcontext
+        # Requests beyond the pool's connections wait here, before their deadline starts:
+        # tasks sharing a client (`shared_relay_clients`) never time out in httpx's pool,
+        # where a paid submit's timeout would leave it in doubt without it being sent.
+        self._connections = asyncio.Semaphore(max_connections)
         self._rng = rng or random.Random()
         self._batch_supported = self.routes.batch() is not None
         key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key)
@@ -170,17 +174,25 @@ class LumaClient:
             name: value if isinstance(value, SecretStr) else SecretStr(value)
             for name, value in (extra_headers or {}).items()
         }
+        self._settings: dict[str, Any] = {
+            "base_url": base_url,
+            "auth": _BearerAuth(key, secrets),
+            "headers": {"User-Agent": _USER_AGENT, "Accept": "application/json"},
+            "timeout": httpx.Timeout(timeout_seconds, connect=min(timeout_seconds, 10.0)),
+            "transport": transport,
+            "verify": ssl_context(verify),  # one per process: a CA bundle load is ~20 ms
+        }
         self._http = httpx.AsyncClient(
-            base_url=base_url,
-            auth=_BearerAuth(key, secrets),
-            headers={"User-Agent": _USER_AGENT, "Accept": "application/json"},
-            timeout=httpx.Timeout(timeout_seconds, connect=min(timeout_seconds, 10.0)),
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
-            transport=transport,
-            verify=ssl_context(verify),  # one per process: a CA bundle load is ~20 ms
+            **self._settings,
         )
+        # Paid requests go on a connection of their own, closed after the answer: a
+        # kept-alive connection the relay closes as the POST goes out (its idle timeout)
+        # breaks off with no answer, and leaves the submit in doubt. Made on first use; a
+        # `transport` of the caller's own (tests, mocks) serves both.
+        self._paid_http: httpx.AsyncClient | None = None
 
     @property
     def sleep(self) -> Sleep:
@@ -215,6 +227,19 @@ class LumaClient:
             ```
         """
         await self._http.aclose()
+        if self._paid_http is not None:
+            await self._paid_http.aclose()
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether `aclose()` was called (a closed client sends nothing).
+
+        Example:
+            ```python
+            assert not client.is_closed
+            ```
+        """
+        return self._http.is_closed
 
     @property
     def batch_supported(self) -> bool:
@@ -448,8 +473,8 @@ class LumaClient:
             started = time.monotonic()
             retry_after: float | None = None
             try:
-                async with self._gate():
-                    response = await self._exchange(route, json)
+                async with self._gate(), self._connections:
+                    response = await self._exchange(route, json, paid)
             except (httpx.TransportError, TimeoutError) as exc:
                 error: LumaError = self._transport_error(exc, action, generation_id, paid)
                 retryable = not paid or isinstance(exc, _NOT_SENT)
@@ -494,11 +519,12 @@ class LumaClient:
             logger.debug("%s: retry %d in %.2f s after: %s", action, retry_number, delay, error)
             await self._sleep(delay)
 
-    async def _exchange(self, route: Route, json: Any) -> httpx.Response:
+    async def _exchange(self, route: Route, json: Any, paid: bool = False) -> httpx.Response:
         """One request and its whole answer within `timeout_seconds`, at most
         `max_response_bytes` of decoded body; the answer comes back read in full."""
+        http = self._paid_client() if paid and self._settings["transport"] is None else self._http
         async with asyncio.timeout(self.timeout_seconds):
-            async with self._http.stream(
+            async with http.stream(
                 route.method, route.path, params=route.params, json=json
             ) as response:
                 body = bytearray()
@@ -510,6 +536,16 @@ class LumaClient:
         return httpx.Response(
             response.status_code, headers=headers, content=bytes(body), request=response.request
         )
+
+    def _paid_client(self) -> httpx.AsyncClient:
+        if self._paid_http is None:
+            self._paid_http = httpx.AsyncClient(
+                limits=httpx.Limits(
+                    max_connections=self.max_connections, max_keepalive_connections=0
+                ),
+                **self._settings,
+            )
+        return self._paid_http
 
     def _unreadable(
         self, exc: Exception, action: str, generation_id: str | None

@@ -21,6 +21,8 @@ class Counters:
     media body bytes sent; `faults_fired` how often each `FaultKind` acted, by its value;
     `max_concurrent_requests` the most relay API requests (not media, not admin) open at
     once, from arrival until their answer is sent: what a relay's concurrency limit counts.
+    `reused_connections` counts, per route, the requests that came on a connection an
+    earlier request had used (kept alive).
 
     Example:
         ```python
@@ -38,6 +40,7 @@ class Counters:
     bytes_served: int = 0
     faults_fired: dict[str, int] = field(default_factory=dict)
     max_concurrent_requests: int = 0
+    reused_connections: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The snapshot as JSON-ready data (what `GET /_simulator/counters` answers).
@@ -56,6 +59,7 @@ class Counters:
             "bytes_served": self.bytes_served,
             "faults_fired": dict(self.faults_fired),
             "max_concurrent_requests": self.max_concurrent_requests,
+            "reused_connections": dict(self.reused_connections),
         }
 
 
@@ -70,6 +74,8 @@ class CounterBook:
         self.media: Counter[str] = Counter()
         self.bytes_served = 0
         self.max_in_flight = 0
+        self.peers: set[tuple[Any, ...]] = set()
+        self.reused: Counter[str] = Counter()
 
     def snapshot(self, faults_fired: Counter[str]) -> Counters:
         return Counters(
@@ -81,4 +87,5 @@ class CounterBook:
             bytes_served=self.bytes_served,
             faults_fired=dict(faults_fired),
             max_concurrent_requests=self.max_in_flight,
+            reused_connections=dict(self.reused),
         )

@@ -63,7 +63,7 @@ class RelayBase:
         self.base_url = base_url
 
     def begin(self, request: Request, route: str, auth: bool = True) -> Call | Response:
-        self.state.count_request(route)
+        self.state.count_request(route, request.scope.get("client"))
         call = Call(route, str(request.scope.get(REQUEST_ID_KEY, "")))
         call.presented_key = request.headers.get("authorization", "").partition(" ")[2]
         if auth and not self._authorized(request):

@@ -107,9 +107,16 @@ class SimulatorState:
 
     # -- counters ----------------------------------------------------------------------
 
-    def count_request(self, route: str) -> None:
+    def count_request(self, route: str, peer: Any = None) -> None:
+        """One more request on `route`; `peer` (the client's address and port) tells a
+        connection kept alive from a new one."""
         with self._lock:
             self._counts.requests[route] += 1
+            if peer is not None:
+                peer = tuple(peer)
+                if peer in self._counts.peers:
+                    self._counts.reused[route] += 1
+                self._counts.peers.add(peer)
 
     def begin_api_request(self) -> None:
         """A relay API request arrived: one more in flight (see `max_concurrent_requests`)."""

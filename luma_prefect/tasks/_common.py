@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextlib
+import contextvars
+import hashlib
+import json
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from prefect.cache_policies import NO_CACHE
@@ -109,9 +114,73 @@ async def resolve_credentials(credentials: CredentialsInput) -> LumaRelayCredent
     )
 
 
-async def client_for(credentials: CredentialsInput, **overrides: Any) -> LumaClient:
+class _SharedClients:
+    """The relay clients of one `shared_relay_clients` block, in its event loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.clients: dict[str, LumaClient] = {}
+
+
+_SHARED: contextvars.ContextVar[_SharedClients | None] = contextvars.ContextVar(
+    "luma_shared_relay_clients", default=None
+)
+
+
+def _settings_key(block: LumaRelayCredentials) -> str:
+    """Tells apart blocks whose clients differ: every setting, the secrets as a digest."""
+    secrets = json.dumps(
+        [block.api_key.get_secret_value(), block.extra_headers.get_secret_value()],
+        sort_keys=True,
+        default=str,
+    )
+    digest = hashlib.sha256(secrets.encode()).hexdigest()
+    return f"{type(block).__qualname__}:{block.model_dump_json()}:{digest}"
+
+
+@contextlib.asynccontextmanager
+async def shared_relay_clients() -> AsyncIterator[None]:
+    """Within this block, tasks run in this event loop share one relay client per
+    credentials: one connection pool, kept alive from task to task, instead of a client,
+    a connection (and over https a TLS handshake) per task run. The clients close when
+    the block ends; nested blocks use the outer one.
+    """
+    outer = _SHARED.get()
+    if outer is not None and outer.loop is asyncio.get_running_loop():
+        yield
+        return
+    shared = _SharedClients()
+    token = _SHARED.set(shared)
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+        for client in shared.clients.values():
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def relay_client(
+    credentials: CredentialsInput, **overrides: Any
+) -> AsyncIterator[LumaClient]:
     """A client for the credentials whose retry sleeps follow the wait clock, and whose
-    every request holds a slot of the relay's Prefect concurrency limit."""
+    every request holds a slot of the relay's Prefect concurrency limit. Inside
+    `shared_relay_clients` (and without `overrides`) the block's shared client, else a
+    client of its own, closed on leaving."""
     block = await resolve_credentials(credentials)
+    shared = _SHARED.get()
+    if not overrides and shared is not None and shared.loop is asyncio.get_running_loop():
+        key = _settings_key(block)
+        client = shared.clients.get(key)
+        if client is None:
+            client = shared.clients[key] = _new_client(block)
+        yield client
+        return
+    async with _new_client(block, **overrides) as client:
+        yield client
+
+
+def _new_client(block: LumaRelayCredentials, **overrides: Any) -> LumaClient:
     overrides.setdefault("request_gate", relay_gate(block.base_url))
     return block.get_client(sleep=wait_clock.sleep, **overrides)

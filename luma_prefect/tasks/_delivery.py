@@ -33,7 +33,7 @@ from luma_prefect.tasks._common import (
     READ_OPTIONS,
     CredentialsInput,
     Destination,
-    client_for,
+    relay_client,
     resolve_credentials,
 )
 from luma_prefect.tasks._progress import DownloadProgress
@@ -88,7 +88,7 @@ async def download_generation(
     block = await resolve_credentials(credentials)
     storage = storage_for(destination)
     async with (
-        await client_for(block) as client,
+        relay_client(block) as client,
         block.get_media_client(max_concurrent_downloads) as http,
     ):
         if not isinstance(generation, Generation):

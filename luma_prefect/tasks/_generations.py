@@ -22,7 +22,7 @@ from luma_prefect.tasks._common import (
     READ_OPTIONS,
     RELAY_CALL_BACKSTOP_SECONDS,
     CredentialsInput,
-    client_for,
+    relay_client,
 )
 
 
@@ -46,7 +46,7 @@ async def fetch_generation(
         generation = await fetch_generation("luma-relay", "4665a07c-...")
         ```
     """
-    async with await client_for(credentials) as client:
+    async with relay_client(credentials) as client:
         return await client.get_generation(generation_id)
 
 
@@ -69,7 +69,7 @@ async def fetch_generations(
         generations = await fetch_generations(credentials, [first_id, second_id])
         ```
     """
-    async with await client_for(credentials) as client:
+    async with relay_client(credentials) as client:
         return await client.get_generations(generation_ids)
 
 
@@ -157,7 +157,7 @@ async def submit_generation(
         ```
     """
     request = GenerationRequest.model_validate(request)
-    async with await client_for(credentials) as client:
+    async with relay_client(credentials) as client:
         generation = await client.submit_generation(request)
     get_run_logger().info("Submitted generation %s (%s).", generation.id, generation.state.value)
     return generation
@@ -182,7 +182,7 @@ async def extend_generation(
         ```
     """
     request = GenerationRequest.model_validate(request)
-    async with await client_for(credentials) as client:
+    async with relay_client(credentials) as client:
         generation = await client.extend_generation(generation_id, request)
     get_run_logger().info("Extended %s as generation %s.", generation_id, generation.id)
     return generation

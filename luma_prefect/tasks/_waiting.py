@@ -18,7 +18,7 @@ from luma_prefect.tasks._common import (
     READ_OPTIONS,
     CredentialsInput,
     StatesInput,
-    client_for,
+    relay_client,
 )
 from luma_prefect.tasks._progress import WaitProgress
 from luma_prefect.wait._engine import (
@@ -155,7 +155,7 @@ async def _wait(
     if progress is not None:
         await progress.start()
     try:
-        async with await client_for(credentials, **client_options) as client:
+        async with relay_client(credentials, **client_options) as client:
             results = await _wait_engine(
                 client,
                 ids,
@@ -210,7 +210,7 @@ async def follow_generations_task(
         )
         if progress is not None:
             await progress.start()
-        async with await client_for(credentials, batch_size=batch_size) as client:
+        async with relay_client(credentials, batch_size=batch_size) as client:
             results = await follow_generations(
                 client,
                 feed,

@@ -1,0 +1,94 @@
+"""One relay client per credentials inside `shared_relay_clients` (#12, point 1), and a
+client shared by many callers that never lets a request time out queued for a connection.
+
+Real HTTP to the simulator on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from pydantic import SecretStr
+
+from luma_prefect import GenerationRequest, LumaClient, RetryPolicy
+from luma_prefect.simulator import Fault, FaultKind, RelaySimulator
+from luma_prefect.tasks._common import relay_client, shared_relay_clients
+
+
+async def _client_of(block: object) -> LumaClient:
+    async with relay_client(block) as client:  # type: ignore[arg-type]
+        return client
+
+
+async def test_inside_the_block_equal_credentials_share_one_client(sim: RelaySimulator) -> None:
+    block = sim.credentials()
+    async with shared_relay_clients():
+        first = await _client_of(block)
+        # Prefect hands tasks copies of their parameters: an equal copy is the same relay.
+        assert await _client_of(block.model_copy()) is first
+        generation = await first.get_generation(sim.create_generation(prompt="kept alive"))
+        assert not first.is_closed  # a task leaving its `async with` keeps it open
+        other_key = block.model_copy(update={"api_key": SecretStr("sk-another-key")})
+        assert await _client_of(other_key) is not first
+        other_limit = block.model_copy(update={"max_connections": 3})
+        assert await _client_of(other_limit) is not first
+        async with relay_client(block, batch_size=5) as own:
+            assert own is not first  # settings of its own: a client of its own
+        assert own.is_closed
+        async with shared_relay_clients():  # nested: the outer block's clients
+            assert await _client_of(block) is first
+    assert generation.prompt == "kept alive"
+    assert first.is_closed  # closed with the block
+
+
+async def test_outside_the_block_or_in_another_event_loop_each_gets_its_own(
+    sim: RelaySimulator,
+) -> None:
+    block = sim.credentials()
+    alone = await _client_of(block)
+    assert alone.is_closed
+    async with shared_relay_clients():
+        shared = await _client_of(block)
+        # A task run by a thread pool runs in another loop (its context copied): an httpx
+        # client belongs to one loop, so it gets one of its own.
+        elsewhere = await asyncio.to_thread(asyncio.run, _client_of(block))
+        assert elsewhere is not shared and elsewhere.is_closed
+        assert not shared.is_closed
+
+
+async def test_reads_keep_their_connection_alive_paid_submits_never_reuse_one(
+    sim: RelaySimulator,
+) -> None:
+    """Three task bodies in one block: their reads share one kept-alive connection; each
+    submit opens one of its own, which no relay's idle timeout can cut as the POST goes
+    out (an answer lost that way leaves a paid generation in doubt)."""
+    block = sim.credentials()
+    generation_id = sim.create_generation(prompt="read three times")
+    async with shared_relay_clients():
+        for _ in range(3):
+            async with relay_client(block) as client:
+                await client.get_generation(generation_id)
+                await client.submit_generation(GenerationRequest(prompt="paid"))
+    counters = sim.counters()
+    assert counters.requests["query"] == 3 and counters.reused_connections["query"] == 2
+    assert counters.submits_accepted == 3 and "submit" not in counters.reused_connections
+
+
+async def test_a_shared_client_queues_requests_before_their_deadline_starts(
+    sim: RelaySimulator,
+) -> None:
+    """Two paid submits through one connection: the second waits for it, and only then
+    its 1.9 s deadline starts. Queued inside httpx's pool it would time out after 2 s
+    (1 s queued + 1 s answer), in doubt though never sent."""
+    sim.add_fault(Fault(FaultKind.SLOW, delay_seconds=1.0, times=2, routes=("submit",)))
+    client = sim.credentials().get_client(
+        max_connections=1, timeout_seconds=1.9, retry=RetryPolicy(max_retries=0)
+    )
+    async with client:
+        first, second = await asyncio.gather(
+            client.submit_generation(GenerationRequest(prompt="first")),
+            client.submit_generation(GenerationRequest(prompt="second")),
+        )
+    assert first.id != second.id
+    assert sim.counters().submits_accepted == 2
+    assert sim.counters().max_concurrent_requests == 1
