@@ -51,6 +51,7 @@ __all__ = [
     "TransferLimits",
     "discard_holder_parts",
     "download_generation_files",
+    "files_line",
     "media_client",
 ]
 
@@ -189,7 +190,8 @@ async def download_generation_files(
     once. `http` may be shared between calls: a plain client (see `media_client` and
     `LumaRelayCredentials.get_media_client`), never one that carries the relay key; the
     default one verifies TLS and refuses private hosts. Each file has a total deadline and
-    a stall check (`limits`, timed by `clock`). `logger` gets one INFO line per file written.
+    a stall check (`limits`, timed by `clock`). `logger` gets the warnings (a file skipped,
+    a link refreshed) and DEBUG lines; the caller says what was downloaded (`files_line`).
     `part_tag` names the `.part` files after their holder (a claim's owner), so two
     deliveries of one generation never write into the same part.
 
@@ -246,11 +248,6 @@ async def download_generation_files(
     files: dict[str, DownloadedAsset] = {
         a.name: a for a in outcomes if isinstance(a, DownloadedAsset)
     }
-    ctx.logger.info(
-        "Downloaded generation %s: %s.",
-        gid,
-        ", ".join(f"{name} {a.bytes:,} B" for name, a in files.items()) or "no files",
-    )
     return DownloadedGeneration(
         generation=ctx.links.generation,
         destination=storage.root,
@@ -258,6 +255,12 @@ async def download_generation_files(
         assets=files,
         downloaded_at=datetime.now(timezone.utc),
     )
+
+
+def files_line(downloaded: DownloadedGeneration) -> str:
+    """The files of a download and their sizes, for a log line: `video 1,234 B, ...`."""
+    assets = downloaded.assets.items()
+    return ", ".join(f"{name} {a.bytes:,} B" for name, a in assets) or "no files"
 
 
 def discard_holder_parts(storage: Storage, generation_id: str, *, keep: str | None) -> list[str]:
@@ -442,8 +445,8 @@ async def _transfer(ctx: _Context, name: str, source: _Source) -> DownloadedAsse
         duration=source.duration,
     )
     await _record(ctx, asset)
-    # DEBUG: the one "Downloaded generation" line names every file and its size; a line per
-    # file made three INFO records more per generation, CPU in Prefect's log handlers.
+    # DEBUG: the caller's one INFO line names every file and its size (`files_line`); a line
+    # per file made three INFO records more per generation, CPU in Prefect's log handlers.
     ctx.logger.debug("Wrote the %s of %s: %d bytes to %s", name, ctx.gid, asset.bytes, path)
     return asset
 

@@ -30,13 +30,12 @@ from luma_prefect.ledger._claims import Lease
 from luma_prefect.ledger._records import Ledger, LedgerRecord
 from luma_prefect.storage import Storage, storage_for
 from luma_prefect.tasks import _names as names
-from luma_prefect.tasks import download_generation as _download_task
 from luma_prefect.tasks._common import (
     DOWNLOAD_BACKSTOP_SECONDS,
     PUBLISH_BACKSTOP_SECONDS,
     Destination,
 )
-from luma_prefect.tasks._delivery import announce_published, publish_files
+from luma_prefect.tasks._delivery import announce_published, fetch_files, publish_files
 
 __all__ = [
     "LEASE",
@@ -55,10 +54,9 @@ __all__ = [
 # long (or dead) loses it; a live one keeps it however long the wait or download takes.
 LEASE = timedelta(minutes=2)
 RENEW_EVERY = LEASE / 4
-# The download and publish tasks' bodies: the deliver task runs both, without task runs of
-# their own (one task run per delivery instead of two; #12); the published event it sends
-# last (`announce_published`).
-download_generation = _download_task.fn
+# The download and publish tasks' bodies (`fetch_files`, `publish_files`): the deliver task
+# runs both, without task runs of their own (one task run per delivery instead of two;
+# #12), and says both in one INFO line with the published event, last (`announce_published`).
 # In a batch, a delivery's progress artifact appears once it has run this long: a quick
 # download shows in the batch's progress, a long one in its own as well. (At 5 s, 303 of
 # 500 deliveries on a starved machine made one: 1.6 events per generation.)
@@ -177,7 +175,7 @@ async def deliver_generation(
     # Parts of earlier holders (killed mid-download) are never resumed by anyone else.
     await _discard_parts(storage, generation.id, keep=tag)
     for _attempt in range(2):
-        downloaded = await download_generation(
+        downloaded = await fetch_files(
             block,
             generation,
             destination,
@@ -221,7 +219,7 @@ async def deliver_generation(
     await _check_held(ledger, lease)
     ledger.mark(generation.id, "published")
     # Only now: an automation acting on it finds the files its manifest describes.
-    published = announce_published(published, states)
+    published = announce_published(published, states, downloaded_too=True)
     # Ours are all committed; any other is a late write of a holder taken over meanwhile.
     await _discard_parts(storage, generation.id, keep=None)
     return GenerationOutcome(

@@ -15,6 +15,7 @@ from luma_prefect.delivery._download import (
     DEFAULT_MAX_BYTES,
     VIDEO_SOURCES,
     download_generation_files,
+    files_line,
 )
 from luma_prefect.delivery._publish import (
     EVENT_PUBLISHED,
@@ -85,6 +86,38 @@ async def download_generation(
             return downloaded.assets["video"].path
         ```
     """
+    downloaded = await fetch_files(
+        credentials,
+        generation,
+        destination,
+        assets,
+        video_sources,
+        max_bytes,
+        max_concurrent_downloads,
+        part_tag,
+        progress_artifact,
+        progress_after_seconds,
+    )
+    get_run_logger().info(
+        "Downloaded generation %s: %s.", downloaded.generation.id, files_line(downloaded)
+    )
+    return downloaded
+
+
+async def fetch_files(
+    credentials: CredentialsInput,
+    generation: Generation | GenerationId,
+    destination: Destination,
+    assets: Sequence[AssetName] = ("video", "thumbnail", "last_frame"),
+    video_sources: Sequence[str] = VIDEO_SOURCES,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_concurrent_downloads: int = 3,
+    part_tag: str | None = None,
+    progress_artifact: bool = True,
+    progress_after_seconds: float = 0.0,
+) -> DownloadedGeneration:
+    """`download_generation`'s body without its INFO line: `deliver_generation` says
+    downloaded and published in one line (a log record costs CPU in Prefect's handlers)."""
     block = await resolve_credentials(credentials)
     storage = storage_for(destination)
     async with (
@@ -209,13 +242,26 @@ async def publish_files(
 
 
 def announce_published(
-    published: PublishedGeneration, states: list[dict[str, str]], *, emit_event: bool = True
+    published: PublishedGeneration,
+    states: list[dict[str, str]],
+    *,
+    emit_event: bool = True,
+    downloaded_too: bool = False,
 ) -> PublishedGeneration:
-    """Say it: the INFO line, and (`emit_event`) `luma.generation.published` with manifest,
-    files and states, `published` then naming the event."""
-    get_run_logger().info(
-        "Published generation %s: %s", published.generation_id, published.manifest_path
-    )
+    """Say it: the INFO line (`downloaded_too`: with the files downloaded, for a download
+    that said nothing itself), and (`emit_event`) `luma.generation.published` with
+    manifest, files and states, `published` then naming the event."""
+    if downloaded_too:
+        get_run_logger().info(
+            "Downloaded and published generation %s (%s): %s",
+            published.generation_id,
+            files_line(published.downloaded),
+            published.manifest_path,
+        )
+    else:
+        get_run_logger().info(
+            "Published generation %s: %s", published.generation_id, published.manifest_path
+        )
     if not emit_event:
         return published
     files = {name: asset.path for name, asset in published.downloaded.assets.items()}

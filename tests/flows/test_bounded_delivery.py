@@ -125,7 +125,7 @@ async def test_a_holder_taken_over_mid_delivery_stops_and_publishes_nothing(
         # Meanwhile (this holder silent past its lease) another sweep took it over.
         assert ledger.claim(generation_id, "other-sweep", stale_after=TWO_MINUTES, force=True)
 
-    monkeypatch.setattr(delivery, "download_generation", stalls)
+    monkeypatch.setattr(delivery, "fetch_files", stalls)
     monkeypatch.setattr(delivery, "heartbeat_sleep", heartbeat)
 
     [outcome] = await asyncio.wait_for(
@@ -182,7 +182,7 @@ async def test_a_file_changed_after_download_is_repaired_before_published(
 ) -> None:
     destination = str(tmp_path)
     generation_id = sim.create_generation(prompt="overwritten", state="completed")
-    real_download = delivery.download_generation
+    real_download = delivery.fetch_files
     calls = 0
 
     async def then_overwritten(*args: Any, **kwargs: Any) -> Any:
@@ -195,7 +195,7 @@ async def test_a_file_changed_after_download_is_repaired_before_published(
             video.write_bytes(b"\0" * video.stat().st_size)
         return downloaded
 
-    monkeypatch.setattr(delivery, "download_generation", then_overwritten)
+    monkeypatch.setattr(delivery, "fetch_files", then_overwritten)
 
     [outcome] = await collect_generations(
         [generation_id],
@@ -227,14 +227,14 @@ async def test_whatever_one_generation_raises_the_others_are_published(
     destination = str(tmp_path)
     ids = [sim.create_generation(prompt=f"video {i}", state="completed") for i in range(3)]
     bad = ids[1]
-    real_download = delivery.download_generation
+    real_download = delivery.fetch_files
 
     async def one_breaks(block: Any, generation: Generation, *args: Any, **kwargs: Any) -> Any:
         if generation.id == bad:
             raise raised
         return await real_download(block, generation, *args, **kwargs)
 
-    monkeypatch.setattr(delivery, "download_generation", one_breaks)
+    monkeypatch.setattr(delivery, "fetch_files", one_breaks)
     records: list[str] = []
     monkeypatch.setattr(
         batch,
@@ -269,7 +269,7 @@ async def test_files_that_keep_changing_are_never_published_nor_described(
 ) -> None:
     destination = str(tmp_path)
     generation_id = sim.create_generation(prompt="always overwritten", state="completed")
-    real_download = delivery.download_generation
+    real_download = delivery.fetch_files
 
     async def always_overwritten(*args: Any, **kwargs: Any) -> Any:
         downloaded = await real_download(*args, **kwargs)
@@ -277,7 +277,7 @@ async def test_files_that_keep_changing_are_never_published_nor_described(
         video.write_bytes(b"\0" * video.stat().st_size)
         return downloaded
 
-    monkeypatch.setattr(delivery, "download_generation", always_overwritten)
+    monkeypatch.setattr(delivery, "fetch_files", always_overwritten)
 
     [outcome] = await collect_generations(
         [generation_id],
