@@ -16,7 +16,11 @@ Retries and time limits, in Prefect terms:
   see `submit_generation`.
 """
 
-from luma_prefect.tasks._common import resolve_credentials, retry_on_transient_errors
+from luma_prefect.tasks._common import (
+    resolve_credentials,
+    retry_on_transient_errors,
+    shared_relay_clients,
+)
 from luma_prefect.tasks._delivery import download_generation, publish_generation
 from luma_prefect.tasks._generations import (
     extend_generation,
@@ -34,6 +38,7 @@ __all__ = [
     "publish_generation",
     "resolve_credentials",
     "retry_on_transient_errors",
+    "shared_relay_clients",
     "submit_generation",
     "wait_for_generation",
     "wait_for_generations",

@@ -143,7 +143,17 @@ async def shared_relay_clients() -> AsyncIterator[None]:
     """Within this block, tasks run in this event loop share one relay client per
     credentials: one connection pool, kept alive from task to task, instead of a client,
     a connection (and over https a TLS handshake) per task run. The clients close when
-    the block ends; nested blocks use the outer one.
+    the block ends; nested blocks use the outer one. The batch flows use it.
+
+    Example:
+        ```python
+        from luma_prefect import GenerationRequest
+        from luma_prefect.tasks import shared_relay_clients, submit_generation
+
+        async with shared_relay_clients():
+            for prompt in ("a fox", "a cat"):
+                await submit_generation("luma-relay", GenerationRequest(prompt=prompt))
+        ```
     """
     outer = _SHARED.get()
     if outer is not None and outer.loop is asyncio.get_running_loop():
