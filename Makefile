@@ -20,6 +20,9 @@ demo: $(STAMP)
 # Tests spread over the cores (pytest-xdist), two workers per core: a worker spends about
 # half its time waiting on servers and subprocesses. On 2 cores the suite took 5 min 46 s
 # with 2 workers, 4 min 07 s with 4 and 4 min 14 s with 6 (one run each, same tree).
+# With 1063 tests, alternated on a 2-core machine busy with other work: 3 workers cost
+# 366-387 CPU-s (one embedded Prefect API fewer, about 10 CPU-s each to start) but took
+# 325-329 s; 4 workers cost 393-402 CPU-s and took 282-317 s. So two per core stays.
 # At most 8: each worker starts its own Prefect API (about 300 MB). `make test
 # TEST_WORKERS=0` runs everything in one process.
 TEST_WORKERS ?= $(shell n=$$(( 2 * $$(nproc 2>/dev/null || echo 2) )); echo $$(( n < 8 ? n : 8 )))
