@@ -118,6 +118,15 @@ async def generate_one(
         return GenerationOutcome(
             generation_id=exc.generation_id or "", status="error", error=str(exc)
         ).with_exception(exc)
+    except Exception as exc:  # e.g. the ledger's storage failing: this item's outcome only
+        # Raised out of a batch, it would end the batch while the other items ran on.
+        error = (
+            f"Submitting failed ({type(exc).__name__}: {exc}). If the submit had begun, "
+            "`luma-prefect resolve` lists it as in doubt: look there before submitting this "
+            "request again."
+        )
+        get_run_logger().error("Submitting %r: %s", request.prompt or "", error)
+        return GenerationOutcome(generation_id="", status="error", error=error).with_exception(exc)
     # The claim is held (and renewed) from the wait on: a sweep sees a live holder and
     # leaves the generation alone however long the wait takes.
     lease = await take_claim(ledger, generation_id, this_holder())

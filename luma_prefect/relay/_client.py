@@ -7,7 +7,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -49,6 +49,9 @@ RequestGate = Callable[[], contextlib.AbstractAsyncContextManager[Any]]
 _USER_AGENT = "luma-prefect/0.1"
 # Failures that prove the request never left this machine: safe to retry even a paid POST.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# Longest a request waits for one of the client's connections (callers sharing a client
+# beyond its `max_connections`); as the relay-slot wait in the flows, 5 min.
+CONNECTION_WAIT_SECONDS = 300.0
 # The largest relay answer read: a batch of 50 generations is ~60 KiB, so 16 MiB is ample,
 # and a hostile 300 MB answer no longer costs 1.2 GiB of memory (measured before the cap).
 DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
@@ -107,7 +110,9 @@ class _BearerAuth(httpx.Auth):
 class LumaClient:
     """Async client for a Luma relay, in any of the three relay styles.
 
-    One pooled `httpx.AsyncClient` underneath. Reads are retried on connection errors,
+    One pooled `httpx.AsyncClient` underneath for reads, kept alive; paid requests go out
+    on a connection of their own (with a caller's own `transport`, through that transport
+    as it pools). Reads are retried on connection errors,
     timeouts, 429 and 5xx with exponential backoff and jitter, honouring `Retry-After`.
     Submits and extends are retried only when the request certainly did not reach the relay
     (a failure to connect) or was refused with 429: any other retry could pay twice.
@@ -193,6 +198,7 @@ class LumaClient:
         # breaks off with no answer, and leaves the submit in doubt. Made on first use; a
         # `transport` of the caller's own (tests, mocks) serves both.
         self._paid_http: httpx.AsyncClient | None = None
+        self._closed = False
 
     @property
     def sleep(self) -> Sleep:
@@ -226,9 +232,12 @@ class LumaClient:
                 await client.aclose()
             ```
         """
-        await self._http.aclose()
-        if self._paid_http is not None:
-            await self._paid_http.aclose()
+        self._closed = True
+        try:
+            await self._http.aclose()
+        finally:
+            if self._paid_http is not None:
+                await self._paid_http.aclose()
 
     @property
     def is_closed(self) -> bool:
@@ -239,7 +248,7 @@ class LumaClient:
             assert not client.is_closed
             ```
         """
-        return self._http.is_closed
+        return self._closed
 
     @property
     def batch_supported(self) -> bool:
@@ -472,8 +481,14 @@ class LumaClient:
         while True:
             started = time.monotonic()
             retry_after: float | None = None
+            if self._closed:
+                # Before anything is sent: a proven non-send, never in doubt.
+                raise LumaTransportError(
+                    f"{action}: this client for {self.shown_url} is closed; nothing was sent.",
+                    generation_id=generation_id,
+                )
             try:
-                async with self._gate(), self._connections:
+                async with self._gate(), self._connection(action, generation_id):
                     response = await self._exchange(route, json, paid)
             except (httpx.TransportError, TimeoutError) as exc:
                 error: LumaError = self._transport_error(exc, action, generation_id, paid)
@@ -536,6 +551,25 @@ class LumaClient:
         return httpx.Response(
             response.status_code, headers=headers, content=bytes(body), request=response.request
         )
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, action: str, generation_id: str | None) -> AsyncIterator[None]:
+        """A slot of `max_connections`, waited for before the request's deadline starts,
+        within `CONNECTION_WAIT_SECONDS` (then nothing was sent: safe for a submit too)."""
+        try:
+            async with asyncio.timeout(CONNECTION_WAIT_SECONDS):
+                await self._connections.acquire()
+        except TimeoutError:
+            raise LumaTransportError(
+                f"{action}: no connection to the relay at {self.shown_url} came free within "
+                f"{CONNECTION_WAIT_SECONDS:g} s (max_connections {self.max_connections}); "
+                "nothing was sent. Run again, or raise max_connections on the credentials.",
+                generation_id=generation_id,
+            ) from None
+        try:
+            yield
+        finally:
+            self._connections.release()
 
     def _paid_client(self) -> httpx.AsyncClient:
         if self._paid_http is None:

@@ -22,7 +22,8 @@ class Counters:
     `max_concurrent_requests` the most relay API requests (not media, not admin) open at
     once, from arrival until their answer is sent: what a relay's concurrency limit counts.
     `reused_connections` counts, per route, the requests that came on a connection an
-    earlier request had used (kept alive).
+    earlier request had used (kept alive), told by the client's address and port (a
+    long run that wraps the ephemeral ports may count a new connection as reused).
 
     Example:
         ```python

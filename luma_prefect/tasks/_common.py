@@ -120,6 +120,11 @@ class _SharedClients:
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.clients: dict[str, LumaClient] = {}
+        self.closed = False
+
+    def active(self) -> bool:
+        """Open, and in the running loop (an httpx client belongs to one loop)."""
+        return not self.closed and self.loop is asyncio.get_running_loop()
 
 
 _SHARED: contextvars.ContextVar[_SharedClients | None] = contextvars.ContextVar(
@@ -156,7 +161,7 @@ async def shared_relay_clients() -> AsyncIterator[None]:
         ```
     """
     outer = _SHARED.get()
-    if outer is not None and outer.loop is asyncio.get_running_loop():
+    if outer is not None and outer.active():
         yield
         return
     shared = _SharedClients()
@@ -165,9 +170,10 @@ async def shared_relay_clients() -> AsyncIterator[None]:
         yield
     finally:
         _SHARED.reset(token)
-        for client in shared.clients.values():
-            with contextlib.suppress(Exception):
-                await client.aclose()
+        # A task that outlives the block (its context copied) gets a client of its own.
+        shared.closed = True
+        clients = list(shared.clients.values())
+        await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
 
 
 @contextlib.asynccontextmanager
@@ -180,7 +186,7 @@ async def relay_client(
     client of its own, closed on leaving."""
     block = await resolve_credentials(credentials)
     shared = _SHARED.get()
-    if not overrides and shared is not None and shared.loop is asyncio.get_running_loop():
+    if not overrides and shared is not None and shared.active():
         key = _settings_key(block)
         client = shared.clients.get(key)
         if client is None:

@@ -113,6 +113,7 @@ async def test_each_generation_of_a_batch_tells_its_story_in_the_ui(
                 lambda n=name: logs_of(n, "Downloaded and published generation"), "delivery"
             )
             assert ids[prompt] in said and "video " in said and "manifest.json" in said
+            assert not await logs_of(name, "Published generation")  # one line, not two
 
         # The batch table: one row per generation, its times and why it failed.
         artifacts = await client.read_artifacts(

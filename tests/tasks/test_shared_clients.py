@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+from prefect.types import SecretDict
 from pydantic import SecretStr
 
-from luma_prefect import GenerationRequest, LumaClient, RetryPolicy
+import luma_prefect.relay._client as relay_client_module
+from luma_prefect import GenerationRequest, LumaClient, LumaTransportError, RetryPolicy
 from luma_prefect.simulator import Fault, FaultKind, RelaySimulator
 from luma_prefect.tasks._common import relay_client, shared_relay_clients
 
@@ -30,6 +33,8 @@ async def test_inside_the_block_equal_credentials_share_one_client(sim: RelaySim
         assert not first.is_closed  # a task leaving its `async with` keeps it open
         other_key = block.model_copy(update={"api_key": SecretStr("sk-another-key")})
         assert await _client_of(other_key) is not first
+        other_headers = block.model_copy(update={"extra_headers": SecretDict({"X-Tok": "b"})})
+        assert await _client_of(other_headers) is not first
         other_limit = block.model_copy(update={"max_connections": 3})
         assert await _client_of(other_limit) is not first
         async with relay_client(block, batch_size=5) as own:
@@ -92,3 +97,52 @@ async def test_a_shared_client_queues_requests_before_their_deadline_starts(
     assert first.id != second.id
     assert sim.counters().submits_accepted == 2
     assert sim.counters().max_concurrent_requests == 1
+
+
+async def test_a_task_that_outlives_the_block_gets_a_client_of_its_own(
+    sim: RelaySimulator,
+) -> None:
+    """A task started inside the block (its context copied) that asks for a client after
+    the block closed: never the closed shared one."""
+    block = sim.credentials()
+    later = asyncio.Event()
+
+    async def outliving() -> LumaClient:
+        await later.wait()
+        async with relay_client(block) as client:
+            await client.get_generation(sim.create_generation(prompt="late"))
+            return client
+
+    async with shared_relay_clients():
+        shared = await _client_of(block)
+        task = asyncio.create_task(outliving())
+    later.set()
+    own = await task
+    assert shared.is_closed and own is not shared and own.is_closed
+
+
+async def test_a_closed_client_sends_nothing_not_even_a_paid_submit(
+    sim: RelaySimulator,
+) -> None:
+    client = sim.credentials().get_client()
+    await client.aclose()
+    with pytest.raises(LumaTransportError, match="closed; nothing was sent"):
+        await client.submit_generation(GenerationRequest(prompt="after close"))
+    assert client.is_closed
+    assert sim.counters().requests.get("submit", 0) == 0
+
+
+async def test_a_request_waits_for_a_connection_at_most_its_limit_then_sends_nothing(
+    sim: RelaySimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(relay_client_module, "CONNECTION_WAIT_SECONDS", 0.2)
+    sim.add_fault(Fault(FaultKind.SLOW, delay_seconds=1.0, times=1, routes=("submit",)))
+    client = sim.credentials().get_client(max_connections=1, retry=RetryPolicy(max_retries=0))
+    async with client:
+        slow = asyncio.create_task(client.submit_generation(GenerationRequest(prompt="slow")))
+        while sim.counters().requests.get("submit", 0) == 0:
+            await asyncio.sleep(0)  # until the first holds the one connection
+        with pytest.raises(LumaTransportError, match=r"came free within 0\.2 s.*nothing was sent"):
+            await client.submit_generation(GenerationRequest(prompt="queued"))
+        await slow
+    assert sim.counters().submits_by_prompt == {"slow": 1}
