@@ -7,9 +7,30 @@ import re
 
 from luma_prefect._exceptions import LumaConfigurationError, LumaDownloadError
 
-__all__ = ["check_relpath", "disk_error"]
+__all__ = ["StorageTimeoutError", "check_relpath", "disk_error"]
 
 _DRIVE = re.compile(r"^[A-Za-z]:(/|$)")  # C:/x or C: is absolute on Windows; a:1 is a name
+# Never "run again": a new generate run would pay again for generations already paid.
+_FINISH = (
+    "finish the generations already paid with collect-pending (or `luma-prefect collect ID`); "
+    "a new generate run would pay again."
+)
+
+
+class StorageTimeoutError(TimeoutError):
+    """A storage call that passed its total deadline (an OSError, as fsspec's failures are).
+
+    Its message is one line: what did not answer, where, and what to do.
+    """
+
+    def __init__(self, call: str, where: str, seconds: float) -> None:
+        super().__init__(
+            f"The storage did not answer within {seconds:g} s ({call} of {where}). Check "
+            f"the storage endpoint, then {_FINISH}"
+        )
+        self.call = call
+        self.where = where
+        self.seconds = seconds
 
 
 def check_relpath(relpath: str, *, allow_root: bool = False) -> str:
@@ -31,8 +52,17 @@ def check_relpath(relpath: str, *, allow_root: bool = False) -> str:
     return "/".join(parts)
 
 
-def disk_error(exc: OSError, where: str) -> LumaDownloadError:
-    """The LumaDownloadError for a failed write: says so plainly when the disk is full."""
+def disk_error(exc: OSError, where: str, *, kept: str = "") -> LumaDownloadError:
+    """The LumaDownloadError for a failed write: says so plainly when the disk is full, or
+    when the storage did not answer in time (`kept`: what was kept for the next run)."""
+    if isinstance(exc, TimeoutError):
+        within = f"within {exc.seconds:g} s" if isinstance(exc, StorageTimeoutError) else "in time"
+        # Retryable: a stalled endpoint may answer again, and nothing was half written.
+        return LumaDownloadError(
+            f"The storage did not answer {within}: could not write {where}. Nothing was left "
+            f"under the final name{kept}. Check the storage endpoint, then {_FINISH}",
+            retryable=True,
+        )
     if exc.errno == errno.ENOSPC:
         return LumaDownloadError(
             f"The disk is full: could not write {where}. Nothing was left under the final "

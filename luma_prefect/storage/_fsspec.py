@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import hashlib
+import inspect
 import logging
 import posixpath
 import tempfile
@@ -13,9 +14,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import fsspec
+import fsspec.asyn
 
 from luma_prefect.storage._base import Storage, temp_name
-from luma_prefect.storage._checks import check_relpath, disk_error
+from luma_prefect.storage._checks import StorageTimeoutError, check_relpath, disk_error
 from luma_prefect.storage._part import PartFile, part_name
 
 __all__ = ["FsspecStorage"]
@@ -34,12 +36,35 @@ _PRIVATE = frozenset({"file", "local", "memory"})
 # S3 answers 409 ConditionalRequestConflict to a conditional PUT that races another write
 # of the key, and asks for a retry; the retry then meets the winner (412).
 _CONFLICT_RETRIES = 3
+# Total deadlines of calls to the store (every retry s3fs and botocore make included). A
+# ledger record or a manifest is a few KiB: a store that has not answered in a minute is
+# stalled, not slow (botocore alone waits 60 s per silent attempt, then retries).
+_CALL_DEADLINE_SECONDS = 60.0
+# An upload of a staged file gets the longer of a floor and its size at a floor rate. 512
+# KiB/s is the download's own floor (4 GiB in 2.3 h): download plus upload of the largest
+# file then fit in the delivery task's 6 h backstop, and a live but slow store is not cut.
+# The floor covers connecting and signing for small files (a video is ~5-20 MiB: 300 s).
+_UPLOAD_DEADLINE_FLOOR_SECONDS = 300.0
+_UPLOAD_FLOOR_BYTES_PER_SECOND = 512 * 1024
+_HASH_BLOCK = 1024 * 1024
 
 _warned: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def _protocol(url: str) -> str:
     return url.split("://", 1)[0].lower() if "://" in url else "file"
+
+
+async def _stream_sha256(fs: Any, path: str) -> str:
+    """SHA-256 (hex) of one streamed read of `path` (on S3 one GET: one version)."""
+    file = await fs.open_async(path, "rb")
+    digest = hashlib.sha256()
+    try:
+        while block := await file.read(_HASH_BLOCK):
+            digest.update(block)
+    finally:
+        await file.close()
+    return digest.hexdigest()
 
 
 def _s3_error_code(exc: BaseException) -> str | None:
@@ -58,6 +83,10 @@ class FsspecStorage(Storage):
     otherwise): other machines change the ledger, and a cached listing made s3fs read a
     record another machine had rewritten as expired, or miss a new one.
 
+    Every call to an async filesystem (s3fs, gcsfs, http) has a total deadline:
+    `call_deadline_seconds` for records, listings and deletes, and for an upload the longer
+    of `upload_deadline_floor_seconds` and its size at 512 KiB/s. Past it the call is
+    cancelled and fails as `StorageTimeoutError` (a `TimeoutError`, so an `OSError`).
     """
 
     def __init__(self, url: str, **settings: Any) -> None:
@@ -73,6 +102,39 @@ class FsspecStorage(Storage):
         # part is found again by the next run on this machine.
         tag = hashlib.sha256(self.root.encode()).hexdigest()[:16]
         self.staging = Path(tempfile.gettempdir()) / "luma-prefect-parts" / tag
+        self.call_deadline_seconds = _CALL_DEADLINE_SECONDS
+        self.upload_deadline_floor_seconds = _UPLOAD_DEADLINE_FLOOR_SECONDS
+
+    def _call(
+        self, method: str, *args: Any, remote: str, timeout: float | None = None, **kwargs: Any
+    ) -> Any:
+        """`self.fs.<method>(*args, **kwargs)` within a total deadline (`timeout`, by default
+        `call_deadline_seconds`), or StorageTimeoutError naming `remote`.
+
+        An async filesystem used in sync mode runs its coroutine `_<method>` through
+        `fsspec.asyn.sync`, which cancels it at the deadline. Its plain sync methods take no
+        deadline (they call `sync` without one). A sync filesystem (local disk, memory) is
+        called as it is: it has no network to wait for.
+        """
+        coroutine = self._coroutine(f"_{method}")
+        if coroutine is None:
+            return getattr(self.fs, method)(*args, **kwargs)
+        seconds = self.call_deadline_seconds if timeout is None else timeout
+        try:
+            return fsspec.asyn.sync(self.fs.loop, coroutine, *args, timeout=seconds, **kwargs)
+        except TimeoutError as exc:  # fsspec's FSTimeoutError, past the deadline
+            raise StorageTimeoutError(method, self.fs.unstrip_protocol(remote), seconds) from exc
+
+    def _coroutine(self, name: str) -> Any:
+        """The filesystem's coroutine method `name` if it is async and used in sync mode."""
+        fs = self.fs
+        if not getattr(fs, "async_impl", False) or getattr(fs, "asynchronous", False):
+            return None
+        coroutine = getattr(fs, name, None)
+        return coroutine if inspect.iscoroutinefunction(coroutine) else None
+
+    def _upload_deadline(self, size: int) -> float:
+        return max(self.upload_deadline_floor_seconds, size / _UPLOAD_FLOOR_BYTES_PER_SECOND)
 
     def _full(self, relpath: str, *, allow_root: bool = False) -> str:
         clean = check_relpath(relpath, allow_root=allow_root)
@@ -81,12 +143,15 @@ class FsspecStorage(Storage):
     def _makedirs(self, path: str) -> None:
         # Object stores have no folders (and s3fs's makedirs would create a missing bucket).
         if not self._whole_puts:
-            self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+            folder = posixpath.dirname(path)
+            self._call("makedirs", folder, remote=folder, exist_ok=True)
 
     def size(self, relpath: str) -> int | None:
         path = self._full(relpath)
         try:
-            info = self.fs.info(path)
+            info = self._call("info", path, remote=path)
+        except StorageTimeoutError:
+            raise  # a store that did not answer says nothing about the file
         except (FileNotFoundError, OSError):
             return None
         return int(info.get("size") or 0) if info.get("type") == "file" else None
@@ -97,23 +162,46 @@ class FsspecStorage(Storage):
     def read_bytes(self, relpath: str) -> bytes | None:
         # One GET: the object as it was when read, even if another machine replaces it
         # meanwhile (an open file reads ranges of one version and fails if it changes).
+        path = self._full(relpath)
         try:
-            return bytes(self.fs.cat_file(self._full(relpath)))
+            return bytes(self._call("cat_file", path, remote=path))
         except FileNotFoundError:
             return None
+
+    def sha256(self, relpath: str) -> str | None:
+        # The check of a published file reads it whole: an async filesystem streams it
+        # within the deadline of an upload of its size (a sync `open` has no deadline).
+        size = self.size(relpath)
+        if size is None:
+            return None
+        path = self._full(relpath)
+        if self._coroutine("open_async") is None:
+            return super().sha256(relpath)
+        seconds = self._upload_deadline(size)
+        try:
+            return str(
+                fsspec.asyn.sync(self.fs.loop, _stream_sha256, self.fs, path, timeout=seconds)
+            )
+        except FileNotFoundError:
+            return None
+        except NotImplementedError:  # no `open_async` on this filesystem
+            return super().sha256(relpath)
+        except TimeoutError as exc:
+            where = self.fs.unstrip_protocol(path)
+            raise StorageTimeoutError("read", where, seconds) from exc
 
     def write_bytes(self, relpath: str, data: bytes) -> str:
         final = self._full(relpath)
         target = final if self._whole_puts else temp_name(final)
         self._makedirs(final)
         try:
-            self.fs.pipe_file(target, data)
+            self._call("pipe_file", target, data, remote=target)
             if target != final:
-                self.fs.mv(target, final)
+                self._move(target, final)
         except OSError as exc:
             if target != final:
                 with contextlib.suppress(OSError):
-                    self.fs.rm_file(target)
+                    self._call("rm_file", target, remote=target)
             raise disk_error(exc, self.uri(relpath)) from exc
         return self.uri(relpath)
 
@@ -134,7 +222,7 @@ class FsspecStorage(Storage):
             return False
         except (ValueError, NotImplementedError, TypeError):
             self._warn_once("refuses exclusive creation (mode 'xb'); it checks, then writes")
-            if self.fs.exists(final):
+            if self._call("exists", final, remote=final):
                 return False
             self.write_bytes(relpath, data)
             return True
@@ -145,7 +233,7 @@ class FsspecStorage(Storage):
     def _put_if_absent(self, path: str, data: bytes) -> bool:
         for attempt in range(_CONFLICT_RETRIES):
             try:
-                self.fs.pipe_file(path, data, mode="create")
+                self._call("pipe_file", path, data, remote=path, mode="create")
                 return True
             except FileExistsError:
                 return False
@@ -176,10 +264,10 @@ class FsspecStorage(Storage):
     def delete(self, relpath: str) -> bool:
         path = self._full(relpath)
         # S3 deletes a missing key without complaint: look first, to answer truthfully.
-        if self._whole_puts and not self.fs.exists(path):
+        if self._whole_puts and not self._call("exists", path, remote=path):
             return False
         try:
-            self.fs.rm_file(path)
+            self._call("rm_file", path, remote=path)
             return True
         except FileNotFoundError:
             return False
@@ -187,7 +275,7 @@ class FsspecStorage(Storage):
     def list(self, relprefix: str = "") -> list[str]:
         top = self._full(relprefix, allow_root=True)
         try:
-            found = self.fs.find(top)
+            found = self._call("find", top, remote=top)
         except FileNotFoundError:
             return []
         strip = self.fs._strip_protocol
@@ -212,12 +300,26 @@ class FsspecStorage(Storage):
         target = final if self._whole_puts else temp_name(final)
         self._makedirs(final)
         try:
-            self.fs.put_file(str(part), target)
+            deadline = self._upload_deadline(part.stat().st_size)
+            self._call("put_file", str(part), target, remote=target, timeout=deadline)
             if target != final:
-                self.fs.mv(target, final)
+                # A move may be a copy on the store's side: as long as the upload, at most.
+                self._move(target, final, timeout=deadline)
         except OSError as exc:
             if target != final:
                 with contextlib.suppress(OSError):
-                    self.fs.rm_file(target)
-            raise disk_error(exc, self.uri(relpath)) from exc
+                    self._call("rm_file", target, remote=target)
+            # The part is kept (PartFile.commit removes it only once committed, or when the
+            # disk is full): the next run resumes it, and uploads it without downloading.
+            raise disk_error(
+                exc, self.uri(relpath), kept=f"; the staged part {part} is kept"
+            ) from exc
         return self.uri(relpath)
+
+    def _move(self, source: str, target: str, *, timeout: float | None = None) -> None:
+        # AsyncFileSystem has no `_mv`: its sync `mv` is `copy` then `rm`, each a `sync`
+        # call without a deadline. For one file `_mv_file` is the same copy then delete.
+        if self._coroutine("_mv_file") is not None:
+            self._call("mv_file", source, target, remote=source, timeout=timeout)
+        else:
+            self.fs.mv(source, target)

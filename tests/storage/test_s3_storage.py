@@ -19,10 +19,11 @@ import fsspec
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from luma_prefect import GenerationRequest
+from luma_prefect import GenerationRequest, LumaDownloadError
 from luma_prefect._models import Generation
 from luma_prefect.ledger._records import Ledger
 from luma_prefect.storage import FsspecStorage, storage_for
+from luma_prefect.storage._checks import StorageTimeoutError
 
 ROUNDS = 40
 
@@ -82,6 +83,31 @@ def test_a_committed_part_is_uploaded_whole(machine: Callable[[], FsspecStorage]
     assert part.commit("gen-1/video.mp4") == f"{storage.root}/gen-1/video.mp4"
     assert storage.read_bytes("gen-1/video.mp4") == body
     assert storage.list() == ["gen-1/video.mp4"]
+
+
+def test_s3_calls_run_with_their_deadline(machine: Callable[[], FsspecStorage]) -> None:
+    """s3fs's calls go through the deadline: a microsecond one cuts them before any answer
+    (a silent store is tested in test_storage_deadlines.py); the part is kept for the rerun."""
+    storage = machine()
+    part = storage.open_part("gen-1/video")
+    with part.writer(append=False) as write:
+        write(b"tiny video")
+    storage.upload_deadline_floor_seconds = 1e-6
+    with pytest.raises(LumaDownloadError, match=r"did not answer within \S+ s: could not write"):
+        part.commit("gen-1/video.mp4")
+    storage.call_deadline_seconds = 1e-6
+    with pytest.raises(StorageTimeoutError, match=r"\(find of s3://"):
+        storage.list()
+    with pytest.raises(LumaDownloadError, match="did not answer within 1e-06 s"):
+        storage.write_bytes("gen-1/manifest.json", b"{}")
+
+    storage.call_deadline_seconds = storage.upload_deadline_floor_seconds = 60.0
+    assert storage.list() == []  # nothing under the final names
+    assert part.commit("gen-1/video.mp4") == f"{storage.root}/gen-1/video.mp4"
+    assert storage.read_bytes("gen-1/video.mp4") == b"tiny video"
+    storage.upload_deadline_floor_seconds = 1e-6  # the check of a published file
+    with pytest.raises(StorageTimeoutError, match=r"\(read of s3://"):
+        storage.sha256("gen-1/video.mp4")
 
 
 def test_create_exclusive_creates_once(machine: Callable[[], FsspecStorage]) -> None:
