@@ -200,7 +200,7 @@ class LumaRelayCredentials(CredentialsBlock):
         settings.update(overrides)
         return LumaClient(self.base_url, self.api_key, **settings)
 
-    def get_media_client(self, max_connections: int | None = 3) -> httpx.AsyncClient:
+    def get_media_client(self, max_connections: int = 3) -> httpx.AsyncClient:
         """A client for the media links (CDN) of this relay's generations: never the key.
 
         It verifies TLS as `verify` says and refuses private hosts unless

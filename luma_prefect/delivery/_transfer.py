@@ -79,7 +79,7 @@ def file_extension(content_type: str | None, url: str, name: str) -> str:
 
 
 def media_client(
-    max_connections: int | None = 3,
+    max_connections: int = 3,
     *,
     verify: Verify = True,
     allow_private_hosts: bool = False,
@@ -92,8 +92,6 @@ def media_client(
     `allow_private_hosts`; an https link never follows a redirect to http. Proxies from the
     environment (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`) apply as in httpx
     (unless a `transport` is given). Why httpx's own transport: README, "Media files".
-    `max_connections=None`: no limit but the callers' own (a client shared by deliveries
-    whose downloads each bound their files at once).
     """
     try:
         return httpx.AsyncClient(

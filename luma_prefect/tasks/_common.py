@@ -10,7 +10,6 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import httpx
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem
@@ -121,7 +120,6 @@ class _SharedClients:
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.clients: dict[str, LumaClient] = {}
-        self.media: dict[tuple[object, bool], httpx.AsyncClient] = {}
         self.closed = False
 
     def active(self) -> bool:
@@ -148,10 +146,9 @@ def _settings_key(block: LumaRelayCredentials) -> str:
 @contextlib.asynccontextmanager
 async def shared_relay_clients() -> AsyncIterator[None]:
     """Within this block, tasks run in this event loop share one relay client per
-    credentials, and downloads one media client per TLS setting: connection pools kept
-    alive from task to task, instead of a client, connections (and over https TLS
-    handshakes) per task run. The clients close when the block ends; nested blocks use the
-    outer one. The batch flows use it.
+    credentials: one connection pool, kept alive from task to task, instead of a client,
+    a connection (and over https a TLS handshake) per task run. The clients close when
+    the block ends; nested blocks use the outer one. The batch flows use it.
 
     Example:
         ```python
@@ -175,9 +172,8 @@ async def shared_relay_clients() -> AsyncIterator[None]:
         _SHARED.reset(token)
         # A task that outlives the block (its context copied) gets a client of its own.
         shared.closed = True
-        closing = [c.aclose() for c in shared.clients.values()]
-        closing += [c.aclose() for c in shared.media.values()]
-        await asyncio.gather(*closing, return_exceptions=True)
+        clients = list(shared.clients.values())
+        await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
 
 
 @contextlib.asynccontextmanager
@@ -199,26 +195,6 @@ async def relay_client(
         return
     async with _new_client(block, **overrides) as client:
         yield client
-
-
-@contextlib.asynccontextmanager
-async def media_client_for(
-    block: LumaRelayCredentials, max_connections: int
-) -> AsyncIterator[httpx.AsyncClient]:
-    """The client for a download's media links (never the relay key): inside
-    `shared_relay_clients` one per TLS setting for the whole batch, its connections kept
-    alive from delivery to delivery (each download still fetches at most its own
-    `max_connections` files at once); else a client of its own, closed on leaving."""
-    shared = _SHARED.get()
-    if shared is not None and shared.active():
-        key = (block.verify, block.allow_private_media_hosts)
-        http = shared.media.get(key)
-        if http is None:
-            http = shared.media[key] = block.get_media_client(None)
-        yield http
-        return
-    async with block.get_media_client(max_connections) as http:
-        yield http
 
 
 def _new_client(block: LumaRelayCredentials, **overrides: Any) -> LumaClient:

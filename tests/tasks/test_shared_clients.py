@@ -15,7 +15,7 @@ from pydantic import SecretStr
 import luma_prefect.relay._client as relay_client_module
 from luma_prefect import GenerationRequest, LumaClient, LumaTransportError, RetryPolicy
 from luma_prefect.simulator import Fault, FaultKind, RelaySimulator
-from luma_prefect.tasks._common import media_client_for, relay_client, shared_relay_clients
+from luma_prefect.tasks._common import relay_client, shared_relay_clients
 
 
 async def _client_of(block: object) -> LumaClient:
@@ -146,26 +146,3 @@ async def test_a_request_waits_for_a_connection_at_most_its_limit_then_sends_not
             await client.submit_generation(GenerationRequest(prompt="queued"))
         await slow
     assert sim.counters().submits_by_prompt == {"slow": 1}
-
-
-async def test_deliveries_in_a_block_share_one_media_client_kept_alive(
-    sim: RelaySimulator,
-) -> None:
-    block = sim.credentials()
-    async with block.get_client() as client:
-        generation = await client.get_generation(
-            sim.create_generation(prompt="two downloads", state="completed")
-        )
-    assert generation.best_video_url is not None
-    used = []
-    async with shared_relay_clients():
-        for _ in range(2):
-            async with media_client_for(block, 3) as http:
-                used.append(http)
-                (await http.get(generation.best_video_url)).raise_for_status()
-                assert not http.is_closed
-    assert used[0] is used[1] and used[0].is_closed
-    assert sim.counters().reused_connections["media"] == 1
-    async with media_client_for(block, 3) as alone:
-        assert alone is not used[0]
-    assert alone.is_closed
