@@ -202,12 +202,25 @@ async def submit_form(
     await page.keyboard.press("Tab")
     await page.wait_for_timeout(500)
     await shot(page, f"{name}-filled")
+    # The API's refusals, if any: the UI shows them in a toast gone before a screenshot.
+    refused: list[Any] = []
+
+    def on_response(response: Any) -> None:
+        if response.request.method == "POST" and "/api/" in response.url and response.status >= 400:
+            refused.append(response)
+
+    page.on("response", on_response)
     await page.get_by_role("button", name="Submit").click()
     try:
         return await newest_run_of(stack, deployment_id, started)
     except BaseException:
         await shot(page, f"{name}-after-submit")  # what the form said instead
+        for response in refused:
+            body = await response.text()
+            print(f"  the API refused: {response.status} {response.url}: {body[:500]}")
         raise
+    finally:
+        page.remove_listener("response", on_response)
 
 
 async def run_from_form(page: Any, stack: Stack, ui: str, deployments: dict[str, str]) -> Any:
