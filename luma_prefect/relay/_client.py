@@ -488,7 +488,9 @@ class LumaClient:
                     generation_id=generation_id,
                 )
             try:
-                async with self._gate(), self._connection(action, generation_id):
+                # The client's own connection first, then the gate's slot (shared by the
+                # fleet): a request queued here never holds a slot other workers wait for.
+                async with self._connection(action, generation_id), self._gate():
                     response = await self._exchange(route, json, paid)
             except (httpx.TransportError, TimeoutError) as exc:
                 error: LumaError = self._transport_error(exc, action, generation_id, paid)

@@ -7,6 +7,8 @@ Real HTTP to the simulator on loopback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import pytest
 from prefect.types import SecretDict
@@ -146,3 +148,29 @@ async def test_a_request_waits_for_a_connection_at_most_its_limit_then_sends_not
             await client.submit_generation(GenerationRequest(prompt="queued"))
         await slow
     assert sim.counters().submits_by_prompt == {"slow": 1}
+
+
+async def test_a_request_queued_for_a_connection_holds_no_slot_of_the_fleet(
+    sim: RelaySimulator,
+) -> None:
+    """The gate's slots are shared by every worker: a request still waiting for one of this
+    client's connections must not hold one meanwhile."""
+    sim.add_fault(Fault(FaultKind.SLOW, delay_seconds=0.3, times=3, routes=("query",)))
+    held = most = 0
+
+    @contextlib.asynccontextmanager
+    async def gate() -> AsyncIterator[None]:
+        nonlocal held, most
+        held += 1
+        most = max(most, held)
+        try:
+            yield
+        finally:
+            held -= 1
+
+    ids = [sim.create_generation(prompt=f"queued {n}") for n in range(3)]
+    client = sim.credentials().get_client(max_connections=1, request_gate=gate)
+    async with client:
+        found = await asyncio.gather(*(client.get_generation(gid) for gid in ids))
+    assert [g.prompt for g in found] == ["queued 0", "queued 1", "queued 2"]
+    assert most == 1
