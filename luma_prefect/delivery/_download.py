@@ -497,5 +497,6 @@ async def _record(ctx: _Context, asset: DownloadedAsset) -> None:
     async with ctx.record_lock:
         entry = asset.model_dump(mode="json", exclude={"name", "path", "reused"})
         ctx.record["assets"][asset.name] = entry
-        body = json.dumps(ctx.record, indent=1, sort_keys=True).encode()
+        # Compact: with `indent`, json leaves its C encoder (2.8x slower per record).
+        body = json.dumps(ctx.record, sort_keys=True, separators=(",", ":")).encode()
         await asyncio.to_thread(ctx.storage.write_bytes, f"{ctx.gid}/{RECORD_NAME}", body)
