@@ -32,10 +32,11 @@ class LocalStorage(Storage):
         path = self.base / clean if clean else self.base
         # The base is resolved already: only a symlink below it can lead outside, so look
         # at those components alone (a full resolve per path was 5.9 s of lstat in a
-        # 500-generation profile: 37 paths per generation).
-        probe = self.base
+        # 500-generation profile: 37 paths per generation). Probed as strings: a Path per
+        # component cost 1.8 % of a batch's CPU.
+        probe = self.root
         for part in clean.split("/") if clean else ():
-            probe = probe / part
+            probe = f"{probe}/{part}"
             try:
                 mode = os.lstat(probe).st_mode
             except FileNotFoundError:
