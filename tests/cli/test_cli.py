@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -81,11 +82,18 @@ def test_collect_exits_non_zero_when_nothing_was_published(
     assert not (tmp_path / generation_id / "video.mp4").exists()
 
 
+def _block_name() -> str:
+    """A block name of the test's own: under pytest-xdist the workers share one Prefect API,
+    and another test saving the same name for its simulator could overwrite it meanwhile."""
+    return f"cli-test-relay-{uuid.uuid4().hex[:8]}"
+
+
 def test_save_credentials_saves_a_loadable_block(sim: RelaySimulator, relay_env: None) -> None:
-    result = CliRunner().invoke(app, ["save-credentials", "cli-test-relay"])
+    name = _block_name()
+    result = CliRunner().invoke(app, ["save-credentials", name])
 
     assert result.exit_code == 0, result.output
-    block = LumaRelayCredentials.load("cli-test-relay")
+    block = LumaRelayCredentials.load(name)
     assert isinstance(block, LumaRelayCredentials)
     assert block.base_url == sim.base_url
     assert block.api_key.get_secret_value() == sim.api_key
@@ -93,7 +101,7 @@ def test_save_credentials_saves_a_loadable_block(sim: RelaySimulator, relay_env:
 
 
 def test_save_credentials_says_what_the_check_found(sim: RelaySimulator, relay_env: None) -> None:
-    result = CliRunner().invoke(app, ["save-credentials", "cli-test-relay"])
+    result = CliRunner().invoke(app, ["save-credentials", _block_name()])
 
     assert result.exit_code == 0, result.output
     assert result.stdout.count("\n") == 1
@@ -102,7 +110,7 @@ def test_save_credentials_says_what_the_check_found(sim: RelaySimulator, relay_e
 
 
 def test_save_credentials_can_skip_the_check(sim: RelaySimulator, relay_env: None) -> None:
-    result = CliRunner().invoke(app, ["save-credentials", "cli-test-relay", "--no-check"])
+    result = CliRunner().invoke(app, ["save-credentials", _block_name(), "--no-check"])
 
     assert result.exit_code == 0, result.output
     assert sim.counters().requests == {}
