@@ -12,8 +12,13 @@ from typing import Any
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+)
 from prefect.runtime import flow_run
+from prefect.states import State
 from typer.testing import CliRunner
 
 from luma_prefect import GenerationRequest, LumaError, LumaSubmitUncertainError
@@ -32,10 +37,15 @@ def _ledger(path: Path) -> Ledger:
     return Ledger(storage_for(str(path)))
 
 
-async def _artifact(key: str) -> Any:
+async def _artifact(key: str, state: State[Any]) -> Any:
+    """The latest version of artifact `key` made by the flow run of `state` (under
+    pytest-xdist, other workers' runs make versions of the same key on the same API)."""
     async with get_client() as client:
         found = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+            )
         )
     return max(found, key=lambda a: a.created) if found else None
 
@@ -250,14 +260,14 @@ async def test_the_sweep_reports_an_in_doubt_submit_and_resolve_attaches_it(
         )
     (intent,) = _ledger(tmp_path).in_doubt()
 
-    assert (
-        await collect_pending(credentials=sim.credentials(), destination=str(tmp_path), **FAST)
-        == []
+    sweep = await collect_pending(
+        credentials=sim.credentials(), destination=str(tmp_path), return_state=True, **FAST
     )
+    assert await sweep.result() == []  # type: ignore[misc]
 
     emitted = [e for e in events() if e.event == "luma.submit.in-doubt"]
     assert emitted and all(e.resource.id == f"luma.submit.{intent.key}" for e in emitted)
-    table = await _artifact("luma-submits-in-doubt")
+    table = await _artifact("luma-submits-in-doubt", sweep)
     assert table is not None and intent.key in table.data and "answer lost" in table.data
 
     (paid,) = sim.generation_ids()

@@ -11,8 +11,13 @@ from typing import Any
 import fsspec
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+)
 from prefect.filesystems import RemoteFileSystem
+from prefect.states import State
 
 from luma_prefect import GenerationRequest, LumaError, LumaSubmitUncertainError
 from luma_prefect.flows import (
@@ -30,10 +35,15 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 FAST = {"poll_interval_seconds": 5.0, "max_poll_interval_seconds": 10.0}
 
 
-async def _artifacts(key: str) -> list[Any]:
+async def _artifacts(key: str, state: State[Any]) -> list[Any]:
+    """The versions of artifact `key` made by the flow run of `state` (under pytest-xdist,
+    other workers' runs make versions of the same key on the same API meanwhile)."""
     async with get_client() as client:
         return await client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+            )
         )
 
 
@@ -44,12 +54,14 @@ def _sha256(path: Path) -> str:
 async def test_generate_video_leaves_files_manifest_artifact_and_events(
     sim: RelaySimulator, tmp_path: Path, events: Callable[[], list[Any]]
 ) -> None:
-    published = await generate_video(
+    state = await generate_video(
         prompt="a red fox in the snow",
         credentials=sim.credentials(),
         destination=str(tmp_path),
+        return_state=True,
         **FAST,
     )
+    published = await state.result()  # type: ignore[misc]
 
     folder = tmp_path / published.generation_id
     names = sorted(p.name for p in folder.iterdir())
@@ -78,8 +90,8 @@ async def test_generate_video_leaves_files_manifest_artifact_and_events(
     counters = sim.counters()
     assert counters.submits_accepted == 1
 
-    # One key per flow (and deployment): this generation is its latest version.
-    latest = max(await _artifacts("luma-generate-video"), key=lambda a: a.created)
+    # One key per flow (and deployment): this run's version describes this generation.
+    latest = max(await _artifacts("luma-generate-video", state), key=lambda a: a.created)
     assert published.generation_id in latest.description
     assert "a red fox in the snow" in latest.data
     assert "manifest.json" in latest.data
@@ -195,19 +207,21 @@ async def test_collect_reports_each_id_and_a_path_traversal_id_writes_nothing(
     sim.add_fault(Fault(FaultKind.FAIL_GENERATION, generation_id=bad))
     destination = tmp_path / "out"
 
-    outcomes = await collect_generations(
+    state = await collect_generations(
         [good, bad, "../../escape", "0f0f0f0f-0000-4000-8000-000000000000"],
         credentials=sim.credentials(),
         destination=str(destination),
         timeout_seconds=300.0,
+        return_state=True,
         **FAST,
     )
+    outcomes = await state.result()  # type: ignore[misc]
 
     assert [o.status for o in outcomes] == ["published", "failed", "error", "not_found"]
     assert "not a valid generation id" in (outcomes[2].error or "")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert not any("escape" in str(p) for p in tmp_path.rglob("*"))
-    table = max(await _artifacts("luma-collect-generations"), key=lambda a: a.created)
+    table = max(await _artifacts("luma-collect-generations", state), key=lambda a: a.created)
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert [r["outcome"] for r in rows] == ["published", "failed", "error", "not_found"]
 

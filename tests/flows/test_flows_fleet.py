@@ -14,6 +14,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
+    ArtifactFilterFlowRunId,
     ArtifactFilterKey,
     TaskRunFilter,
     TaskRunFilterStartTime,
@@ -103,7 +104,10 @@ async def test_records_a_sweep_cannot_finish_are_reported_by_id_with_the_reason(
         )
         await client.delete_block_document(document.id)
 
-    outcomes = await collect_pending(credentials=sweeper, destination=destination, **FAST)
+    sweep = await collect_pending(
+        credentials=sweeper, destination=destination, return_state=True, **FAST
+    )
+    outcomes = await sweep.result()  # type: ignore[misc]
 
     reasons = {o.generation_id: (o.status, o.error or "") for o in outcomes}
     assert set(reasons) == {deleted, unsaved}
@@ -114,10 +118,11 @@ async def test_records_a_sweep_cannot_finish_are_reported_by_id_with_the_reason(
     assert sorted(e.payload["generation_id"] for e in unswept) == sorted([deleted, unsaved])
     async with get_client() as client:
         (artifact,) = await client.read_artifacts(
+            # This sweep's: the API may be shared with other xdist workers.
             artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=["luma-collect-pending-unswept"])
+                key=ArtifactFilterKey(any_=["luma-collect-pending-unswept"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[sweep.state_details.flow_run_id]),
             ),
-            limit=1,
         )
     rows = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
     assert sorted(r["generation_id"] for r in rows) == sorted([deleted, unsaved])

@@ -15,11 +15,13 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
+    ArtifactFilterFlowRunId,
     ArtifactFilterKey,
     FlowRunFilter,
     FlowRunFilterId,
     FlowRunFilterName,
 )
+from prefect.states import State
 from prefect.utilities.callables import parameter_schema
 
 from luma_prefect import GenerationOutcome, GenerationRequest, LumaError
@@ -39,10 +41,15 @@ FAST = {"poll_interval_seconds": 5.0, "max_poll_interval_seconds": 10.0}
 _IMAGE = re.compile(r"!\[thumbnail\]\(([^)]*)\)")
 
 
-async def _artifacts(key: str) -> list[Any]:
+async def _artifacts(key: str, state: State[Any]) -> list[Any]:
+    """The versions of artifact `key` made by the flow run of `state`, oldest first (under
+    pytest-xdist, other workers' runs make versions of the same key on the same API)."""
     async with get_client() as client:
         found = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
+            )
         )
     return sorted(found, key=lambda a: a.created)
 
@@ -68,12 +75,14 @@ async def _flow_run(name: str) -> Any:
 async def test_the_thumbnail_still_shows_after_the_relays_link_expired(
     sim: RelaySimulator, tmp_path: Path
 ) -> None:
-    published = await generate_video(
+    state = await generate_video(
         prompt="a heron over a still lake",
         credentials=sim.credentials(),
         destination=str(tmp_path),
+        return_state=True,
         **FAST,
     )
+    published = await state.result()  # type: ignore[misc]
     relay_link = published.downloaded.generation.thumbnail
     assert relay_link is not None and relay_link.url
     assert httpx.get(relay_link.url).status_code == 200
@@ -81,7 +90,7 @@ async def test_the_thumbnail_still_shows_after_the_relays_link_expired(
     sim.add_fault(Fault(FaultKind.EXPIRED_LINK))  # every link handed out so far expires
 
     assert httpx.get(relay_link.url).status_code == 403
-    artifact = (await _artifacts("luma-generate-video"))[-1]
+    artifact = (await _artifacts("luma-generate-video", state))[-1]
     assert published.generation_id in artifact.description
     (src,) = _IMAGE.findall(artifact.data)
     # The image is our own copy, inlined: it loads as long as the artifact exists.
@@ -114,13 +123,15 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
 async def test_files_are_named_where_they_are_not_linked_to_nowhere(
     sim: RelaySimulator, tmp_path: Path
 ) -> None:
-    published = await generate_video(
+    state = await generate_video(
         prompt="a lighthouse at dusk",
         credentials=sim.credentials(),
         destination=str(tmp_path),
+        return_state=True,
         **FAST,
     )
-    artifact = (await _artifacts("luma-generate-video"))[-1]
+    published = await state.result()  # type: ignore[misc]
+    artifact = (await _artifacts("luma-generate-video", state))[-1]
     assert published.generation_id in artifact.description
     # A local path is plain text (escaped), never a link the browser cannot open.
     assert "](/" not in artifact.data and "](file:" not in artifact.data
@@ -132,15 +143,17 @@ async def test_a_failed_generation_leaves_an_artifact_with_the_reason_and_next_s
 ) -> None:
     sim.add_fault(Fault(FaultKind.FAIL_GENERATION, prompt_contains="doomed"))
 
+    state = await generate_video(
+        prompt="a doomed <b>prompt</b>",
+        credentials=sim.credentials(),
+        destination=str(tmp_path),
+        return_state=True,
+        **FAST,
+    )
     with pytest.raises(LumaError):
-        await generate_video(
-            prompt="a doomed <b>prompt</b>",
-            credentials=sim.credentials(),
-            destination=str(tmp_path),
-            **FAST,
-        )
+        await state.result()  # type: ignore[misc]
 
-    artifact = (await _artifacts("luma-generate-video"))[-1]
+    artifact = (await _artifacts("luma-generate-video", state))[-1]
     assert "failed" in artifact.description
     assert "What to do next" in artifact.data
     assert artifact.data.count("refund") == 1  # said once, in the next step
@@ -153,16 +166,18 @@ async def test_a_timed_out_generation_says_it_is_paid_and_how_to_collect_it(
     sim = make_sim(processing_seconds=3600.0)
     drive_waits(sim)
 
+    state = await generate_video(
+        prompt="a slow glacier",
+        credentials=sim.credentials(),
+        destination=str(tmp_path),
+        timeout_seconds=60.0,
+        return_state=True,
+        **FAST,
+    )
     with pytest.raises(LumaError):
-        await generate_video(
-            prompt="a slow glacier",
-            credentials=sim.credentials(),
-            destination=str(tmp_path),
-            timeout_seconds=60.0,
-            **FAST,
-        )
+        await state.result()  # type: ignore[misc]
 
-    artifact = (await _artifacts("luma-generate-video"))[-1]
+    artifact = (await _artifacts("luma-generate-video", state))[-1]
     assert "timed out" in artifact.description
     assert "do not start this run again" in artifact.data
     assert "luma-prefect collect" in artifact.data
