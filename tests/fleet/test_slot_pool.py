@@ -188,6 +188,11 @@ async def test_a_prefect_api_that_never_answers_fails_the_request_unsent_within_
     """Every network call has a total deadline: the look at the limit too."""
     import prefect.client.orchestration
 
+    # Imported before get_client is patched: Prefect's concurrency services bind it when
+    # first imported, and would keep the silent client for every later test in this
+    # process (it happened when this test ran before any other used a limit).
+    import prefect.concurrency.asyncio
+
     from luma_prefect import LumaTransportError
 
     class _Silent:
