@@ -83,8 +83,8 @@ def test_collect_exits_non_zero_when_nothing_was_published(
 
 
 def _block_name() -> str:
-    """A block name of the test's own: under pytest-xdist the workers share one Prefect API,
-    and another test saving the same name for its simulator could overwrite it meanwhile."""
+    """A block name of the test's own: another test (or run) on the same Prefect API saving
+    the same name for its own simulator could overwrite it meanwhile."""
     return f"cli-test-relay-{uuid.uuid4().hex[:8]}"
 
 

@@ -49,7 +49,7 @@ def test_the_task_downloads_by_id_inside_a_flow(
     assert again.assets["video"].reused
 
     async def task_run_names() -> list[str]:
-        # This test's runs only: the API may be shared with other xdist workers.
+        # This test's runs only: other runs on the same API may have made some.
         async with get_client() as prefect:
             runs = await prefect.read_task_runs(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_runs))

@@ -38,8 +38,8 @@ def _ledger(path: Path) -> Ledger:
 
 
 async def _artifact(key: str, state: State[Any]) -> Any:
-    """The latest version of artifact `key` made by the flow run of `state` (under
-    pytest-xdist, other workers' runs make versions of the same key on the same API)."""
+    """The latest version of artifact `key` made by the flow run of `state` (other
+    runs on the same API make versions of the same key)."""
     async with get_client() as client:
         found = await client.read_artifacts(
             artifact_filter=ArtifactFilter(

@@ -36,8 +36,8 @@ FAST = {"poll_interval_seconds": 5.0, "max_poll_interval_seconds": 10.0}
 
 
 async def _artifacts(key: str, state: State[Any]) -> list[Any]:
-    """The versions of artifact `key` made by the flow run of `state` (under pytest-xdist,
-    other workers' runs make versions of the same key on the same API meanwhile)."""
+    """The versions of artifact `key` made by the flow run of `state` (other runs
+    on the same API make versions of the same key)."""
     async with get_client() as client:
         return await client.read_artifacts(
             artifact_filter=ArtifactFilter(

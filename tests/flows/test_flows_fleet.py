@@ -118,7 +118,7 @@ async def test_records_a_sweep_cannot_finish_are_reported_by_id_with_the_reason(
     assert sorted(e.payload["generation_id"] for e in unswept) == sorted([deleted, unsaved])
     async with get_client() as client:
         (artifact,) = await client.read_artifacts(
-            # This sweep's: the API may be shared with other xdist workers.
+            # This sweep's: other runs on the same API may have made some.
             artifact_filter=ArtifactFilter(
                 key=ArtifactFilterKey(any_=["luma-collect-pending-unswept"]),
                 flow_run_id=ArtifactFilterFlowRunId(any_=[sweep.state_details.flow_run_id]),

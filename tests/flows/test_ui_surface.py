@@ -42,8 +42,8 @@ _IMAGE = re.compile(r"!\[thumbnail\]\(([^)]*)\)")
 
 
 async def _artifacts(key: str, state: State[Any]) -> list[Any]:
-    """The versions of artifact `key` made by the flow run of `state`, oldest first (under
-    pytest-xdist, other workers' runs make versions of the same key on the same API)."""
+    """The versions of artifact `key` made by the flow run of `state`, oldest first (other
+    runs on the same API make versions of the same key)."""
     async with get_client() as client:
         found = await client.read_artifacts(
             artifact_filter=ArtifactFilter(
