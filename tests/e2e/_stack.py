@@ -366,6 +366,10 @@ def _child_env(home: Path) -> dict[str, str]:
         PYTHONUNBUFFERED="1",
         PYTHONDONTWRITEBYTECODE="1",
     )
+    # The session's one-certificate CA for Prefect's clients (see tests/conftest.py): this
+    # API is http on loopback too, and the chaos runs alone make hundreds of clients.
+    if "PREFECT_API_SSL_CERT_FILE" in os.environ:
+        env["PREFECT_API_SSL_CERT_FILE"] = os.environ["PREFECT_API_SSL_CERT_FILE"]
     return env
 
 
