@@ -284,8 +284,11 @@ async def test_httpx_request_lines_show_no_signed_query_string(
         await http.get(f"{sim.base_url}/cdn/x/video.mp4?X-Amz-Signature=topsecret123")
 
     lines = [line for line in every_log_line if "HTTP Request" in line]
-    assert lines and all("topsecret123" not in line for line in lines)
-    assert f"{sim.base_url}/cdn/x/video.mp4" in lines[0]
+    assert all("topsecret123" not in line for line in lines)
+    # This request's own line: Prefect's log worker, left by earlier tests in this process,
+    # may write one of its own meanwhile (POST .../api/logs/).
+    ours = [line for line in lines if f"{sim.base_url}/cdn/x/video.mp4" in line]
+    assert len(ours) == 1, lines
 
 
 @pytest.mark.parametrize(
