@@ -17,21 +17,20 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/luma-prefect demo
 
-# Tests spread over the cores (pytest-xdist), two workers per core: a worker spends about
-# half its time waiting on servers and subprocesses. On 2 cores the suite took 5 min 46 s
+# Tests spread over the cores (pytest-xdist), two workers per core: a worker spends much of
+# its time waiting on servers and subprocesses. On 2 cores the suite took 5 min 46 s
 # with 2 workers, 4 min 07 s with 4 and 4 min 14 s with 6 (one run each, same tree).
-# With 1063 tests, alternated on a 2-core machine busy with other work: 3 workers cost
-# 366-387 CPU-s (one embedded Prefect API fewer, about 10 CPU-s each to start) but took
-# 325-329 s; 4 workers cost 393-402 CPU-s and took 282-317 s. So two per core stays.
-# At most 8: each worker starts its own Prefect API (about 300 MB). `make test
-# TEST_WORKERS=0` runs everything in one process.
+# The workers share one Prefect server on PostgreSQL when it is installed (tests/conftest.py);
+# without it each starts Prefect's SQLite harness (about 300 MB), hence at most 8.
+# `make test TEST_WORKERS=0` runs everything in one process.
 TEST_WORKERS ?= $(shell n=$$(( 2 * $$(nproc 2>/dev/null || echo 2) )); echo $$(( n < 8 ? n : 8 )))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
+# The scale-out test starts servers of its own: no session server beside it.
 test-scale: $(STAMP)
-	$(BIN)/python -m pytest -m scale
+	LUMA_TESTS_PREFECT_SERVER=harness $(BIN)/python -m pytest -m scale
 
 lint: $(STAMP)
 	$(BIN)/ruff check luma_prefect tests flows deployments bench

@@ -1,14 +1,17 @@
-"""Shared test set-up: quiet Prefect in a home of its own, one embedded Prefect API per
-session, local S3."""
+"""Shared test set-up: quiet Prefect in a home of its own, one Prefect API for the run
+(on PostgreSQL when it is installed), local S3."""
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import json
 import os
 import shutil
+import sys
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +25,11 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 # The tests are guests, like the CLI's local runs (luma_prefect/_prefect_home.py): unless
 # PREFECT_API_URL names a server, Prefect gets a temporary home and database of its own,
 # set before it is imported, so it never reads, creates or migrates the user's ~/.prefect.
-if not os.environ.get("PREFECT_API_URL"):
+SESSION_API = "LUMA_TESTS_SESSION_API"
+"""Set (to the cluster's folder) with PREFECT_API_URL when that URL is the run's own server
+on PostgreSQL (see `SessionAPI`), so the workers still take a private home."""
+
+if not os.environ.get("PREFECT_API_URL") or os.environ.get(SESSION_API):
     _home = Path(tempfile.mkdtemp(prefix="luma-tests-prefect-home-"))
     atexit.register(shutil.rmtree, _home, ignore_errors=True)
     os.environ["PREFECT_HOME"] = str(_home)
@@ -48,12 +55,149 @@ if not os.environ.get("PREFECT_API_URL"):
 pytest_plugins = ["luma_prefect.simulator.pytest_plugin"]
 
 
+SERVER_STARTUP_TIMEOUT = 90.0
+"""Seconds a Prefect API may take to answer: several starting at once on 2 busy cores took
+up to 29 s."""
+
+
+class SessionAPI:
+    """One Prefect server on a throw-away PostgreSQL for the whole run, all xdist workers.
+
+    Why not Prefect's own harness in each worker: its SQLite API answers 503 ("database is
+    locked") to a concurrency-slot increment when another write lands between the
+    endpoint's read and its update (a deferred SQLite transaction; in the runs traced, the
+    first increment of each flow run), and Prefect's client waits 2 s before it retries. The relay requests of our tasks take such slots, so the
+    tasks and flows tests spent most of their time asleep: `tests/tasks` took 125 s in one
+    process on the harness, 30 s on this server. One server instead of one per worker also
+    saves a start (about 13 CPU-s) per worker.
+
+    Started by the process that runs pytest (the xdist controller) in a thread, while the
+    workers start: PREFECT_API_URL names it from the beginning (its port is chosen first),
+    and `prefect_harness` waits until it answers. Stopped with PostgreSQL at the end.
+    """
+
+    def __init__(self) -> None:
+        from tests.e2e._postgres import make_folder
+        from tests.e2e._stack import Processes, _free_port
+
+        self.folder = make_folder()
+        self.failed = self.folder / "failed"
+        logs = self.folder / "logs"
+        logs.mkdir()
+        self.processes = Processes(logs=logs)
+        self.port = _free_port()
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self._thread = threading.Thread(target=self._start, name="session-prefect-api")
+        self._thread.start()
+
+    def _start(self) -> None:
+        from tests.e2e._postgres import start_postgres_stack
+
+        try:
+            asyncio.run(start_postgres_stack(self.processes, self.folder, api_port=self.port))
+        except BaseException as error:  # told to the tests, which fail their set-up with it
+            self.failed.write_text(f"{type(error).__name__}: {error}", encoding="utf-8")
+
+    def stop(self) -> None:
+        from tests.e2e._postgres import stop_postgres_stack
+
+        self._thread.join(SERVER_STARTUP_TIMEOUT + 60)
+        stop_postgres_stack(self.processes, self.folder)
+
+
+_session_api_key = pytest.StashKey[SessionAPI]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Only the process that runs pytest starts it (workers inherit the environment), only
+    # when no server was named, and only when PostgreSQL can run here. Otherwise, or with
+    # LUMA_TESTS_PREFECT_SERVER=harness, each process starts Prefect's own harness on
+    # first use (`prefect_harness`).
+    if hasattr(config, "workerinput") or os.environ.get("PREFECT_API_URL"):
+        return
+    if os.environ.get("LUMA_TESTS_PREFECT_SERVER", "postgres") == "harness":
+        return
+    from tests.e2e._postgres import why_no_postgres
+
+    if why_no_postgres() is not None:
+        return
+    api = SessionAPI()
+    config.stash[_session_api_key] = api
+    os.environ["PREFECT_API_URL"] = api.api_url
+    os.environ[SESSION_API] = str(api.folder)
+    if "prefect.context" in sys.modules:  # Prefect read its settings already: again
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    api = config.stash.get(_session_api_key, None)
+    if api is not None:
+        del config.stash[_session_api_key]
+        os.environ.pop("PREFECT_API_URL", None)
+        os.environ.pop(SESSION_API, None)
+        api.stop()
+
+
+def _wait_for_session_api(api_url: str, folder: Path) -> None:
+    import httpx
+
+    deadline = time.monotonic() + SERVER_STARTUP_TIMEOUT + 60
+    while True:
+        failed = folder / "failed"
+        if failed.exists():
+            raise RuntimeError(
+                "the session's Prefect server on PostgreSQL did not start: "
+                f"{failed.read_text(encoding='utf-8')} (logs in {folder / 'logs'})"
+            )
+        try:
+            if httpx.get(f"{api_url}/health", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the session's Prefect server never answered at {api_url}")
+        time.sleep(0.2)  # a wait on another process's start-up, not on test logic
+
+
+def _drain_logs_and_events() -> None:
+    """Send Prefect's queued logs and events while the server still answers, as
+    `prefect_test_harness` does before it stops its own (else Prefect's exit hook finds the
+    server gone and prints "All connection attempts failed")."""
+    import inspect
+
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def drain() -> None:
+        try:
+            result = APILogWorker.instance().drain()
+            if inspect.isawaitable(result):
+                await result
+        except RuntimeError:  # the log worker never started
+            pass
+        result = EventsWorker.drain_all()
+        if inspect.isawaitable(result):
+            await result
+
+    run_coro_as_sync(drain())
+
+
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
-    """Prefect's embedded API with a temporary database, started once for the session."""
+    """A Prefect API for the session: the run's server on PostgreSQL when there is one
+    (`SessionAPI`), else Prefect's embedded harness on a temporary SQLite database."""
+    folder = os.environ.get(SESSION_API)
+    if folder:
+        _wait_for_session_api(os.environ["PREFECT_API_URL"], Path(folder))
+        yield
+        _drain_logs_and_events()
+        return
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=90):
+    with prefect_test_harness(server_startup_timeout=int(SERVER_STARTUP_TIMEOUT)):
         yield
 
 

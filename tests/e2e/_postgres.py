@@ -110,9 +110,11 @@ def make_folder() -> Path:
     return Path(tempfile.mkdtemp(prefix="luma-postgres-"))
 
 
-async def start_postgres_stack(processes: Processes, folder: Path) -> PostgresStack:
-    """Initialise and start PostgreSQL in `folder`, then a Prefect server on it; wait for
-    the server's health."""
+async def start_postgres_stack(
+    processes: Processes, folder: Path, api_port: int | None = None
+) -> PostgresStack:
+    """Initialise and start PostgreSQL in `folder`, then a Prefect server on it (on
+    `api_port`, else a free port); wait for the server's health."""
     bindir = postgres_bindir()
     assert bindir is not None, why_no_postgres()
     data, sockets = folder / "data", folder / "sockets"
@@ -180,7 +182,7 @@ async def start_postgres_stack(processes: Processes, folder: Path) -> PostgresSt
     )
     prefect_cli = command("prefect")
     assert prefect_cli is not None
-    api_port = _free_port()
+    api_port = api_port or _free_port()
     api_url = f"http://127.0.0.1:{api_port}/api"
     server = processes.start(
         "prefect-server-postgres",

@@ -30,6 +30,11 @@ from luma_prefect import GenerationRequest, LumaError, LumaRelayCredentials
 from luma_prefect.simulator import RelaySimulator, SimulatorConfig
 from luma_prefect.simulator.pytest_plugin import FakeClock
 
+# The examples load the block named "luma-relay" (as users do, and as the flows' default
+# credentials), which `shared` saves pointing at its own simulator. Under pytest-xdist the
+# workers share one Prefect API, so the examples run in one worker: one writer of the name.
+pytestmark = pytest.mark.xdist_group("luma-relay-block")
+
 _BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 _PLACEHOLDER_ID = "4665a07c-7641-4809-a133-10786201bb56"
 
