@@ -110,11 +110,9 @@ def make_folder() -> Path:
     return Path(tempfile.mkdtemp(prefix="luma-postgres-"))
 
 
-async def start_postgres_stack(
-    processes: Processes, folder: Path, api_port: int | None = None
-) -> PostgresStack:
-    """Initialise and start PostgreSQL in `folder`, then a Prefect server on it (on
-    `api_port`, else a free port); wait for the server's health."""
+async def start_postgres(processes: Processes, folder: Path) -> tuple[Child, int]:
+    """Initialise and start PostgreSQL in `folder` with an empty database `prefect`; the
+    server's process and port, once it accepts connections."""
     bindir = postgres_bindir()
     assert bindir is not None, why_no_postgres()
     data, sockets = folder / "data", folder / "sockets"
@@ -173,13 +171,24 @@ async def start_postgres_stack(
         env,
     )
     await _create_database(port, postgres)
+    return postgres, port
 
+
+def database_url(port: int) -> str:
+    """The database of `start_postgres` as Prefect's server takes it (asyncpg)."""
+    return f"postgresql+asyncpg://{ROLE}@127.0.0.1:{port}/{DATABASE}"
+
+
+async def start_postgres_stack(
+    processes: Processes, folder: Path, api_port: int | None = None
+) -> PostgresStack:
+    """Initialise and start PostgreSQL in `folder`, then a Prefect server on it (on
+    `api_port`, else a free port); wait for the server's health."""
+    postgres, port = await start_postgres(processes, folder)
     home = folder / "prefect-home"
     home.mkdir()
     server_env = _child_env(home)
-    server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = (
-        f"postgresql+asyncpg://{ROLE}@127.0.0.1:{port}/{DATABASE}"
-    )
+    server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url(port)
     prefect_cli = command("prefect")
     assert prefect_cli is not None
     api_port = api_port or _free_port()

@@ -392,21 +392,29 @@ def _simulator_url(simulator: Child) -> str | None:
     return found.group(1) if found else None
 
 
-async def start_stack(processes: Processes, tmp: Path, ui: bool = False) -> Stack:
-    """Server, simulator, blocks and serve.py; `ui` serves Prefect's UI too (ui-check)."""
+async def start_stack(
+    processes: Processes, tmp: Path, ui: bool = False, database_url: str | None = None
+) -> Stack:
+    """Server, simulator, blocks and serve.py; `ui` serves Prefect's UI too (ui-check).
+
+    The server keeps its data in `database_url` (a PostgreSQL database), else in SQLite.
+    """
     prefect_cli = command("prefect")
     assert prefect_cli is not None
     home = tmp / "prefect-home"
     home.mkdir()
     env = _child_env(home)
+    server_env = dict(env)
+    if database_url is not None:
+        server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     port = _free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     if ui:
-        env.update(PREFECT_UI_ENABLED="true", PREFECT_UI_API_URL=api_url)
+        server_env.update(PREFECT_UI_ENABLED="true", PREFECT_UI_API_URL=api_url)
     server = processes.start(
         "prefect-server",
         [prefect_cli, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env,
+        server_env,
     )
     luma_cli = command("luma-prefect")
     simulate = [luma_cli] if luma_cli else [sys.executable, "-m", "luma_prefect.cli"]

@@ -6,6 +6,7 @@ See `_stack.py` for how they start, how tests drive them and how they are stoppe
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import AsyncIterator
 
 import psutil
@@ -13,7 +14,9 @@ import pytest
 
 from ._postgres import (
     PostgresStack,
+    database_url,
     make_folder,
+    start_postgres,
     start_postgres_stack,
     stop_postgres_stack,
     why_no_postgres,
@@ -35,16 +38,28 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    """Server, simulator and serve.py for the whole session; nothing of them left after."""
+    """Server, simulator and serve.py for the whole session; nothing of them left after.
+
+    The server keeps its data in a PostgreSQL of its own when PostgreSQL is installed: on
+    SQLite, Prefect's API answers 503 to a concurrency-slot increment that meets another
+    write, and its client waits 2 s before retrying (see `SessionAPI` in tests/conftest.py).
+    """
     if command("prefect") is None:
         pytest.skip("the `prefect` command line is not installed: no server to test against")
     tmp = tmp_path_factory.mktemp("e2e")
     processes = Processes(logs=tmp)
+    folder = make_folder() if why_no_postgres() is None else None
     try:
-        yield await start_stack(processes, tmp)
+        url = None
+        if folder is not None:
+            _, port = await start_postgres(processes, folder)
+            url = database_url(port)
+        yield await start_stack(processes, tmp, database_url=url)
     finally:
         try:
             processes.stop_all()
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
         finally:
             leftovers = processes.ours()
             for proc in leftovers:
