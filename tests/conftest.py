@@ -68,9 +68,9 @@ class SessionAPI:
     endpoint's read and its update (a deferred SQLite transaction; in the runs traced, the
     first increment of each flow run), and Prefect's client waits 2 s before it retries.
     The relay requests of our tasks take such slots, so the tasks and flows tests spent
-    most of their time asleep: `tests/tasks` took 125 s in one process on the harness, 30 s
-    on this server. One server instead of one per worker also saves a start (about 13
-    CPU-s) per worker.
+    most of their time asleep: `tests/tasks` took 125 s in one process on the harness (its
+    start included), 30 s on this server. One server instead of one per worker also saves
+    a start (about 13 CPU-s) per worker.
 
     Started by the process that runs pytest (the xdist controller) in a thread, while the
     workers start: PREFECT_API_URL names it from the beginning (its port is chosen first),

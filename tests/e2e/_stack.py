@@ -236,6 +236,8 @@ class Stack:
     simulator: Child
     serve: Child
     serve_started: float
+    database_url: str | None = None
+    """The server's PostgreSQL database as Prefect takes it, or None when it is SQLite."""
 
     # -- Prefect API --------------------------------------------------------------------
 
@@ -479,6 +481,7 @@ async def start_stack(
         simulator=simulator,
         serve=serve,
         serve_started=time.monotonic(),
+        database_url=database_url,
     )
 
     async def served() -> bool:
