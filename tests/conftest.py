@@ -74,7 +74,8 @@ class SessionAPI:
 
     Started by the process that runs pytest (the xdist controller) in a thread, while the
     workers start: PREFECT_API_URL names it from the beginning (its port is chosen first),
-    and `prefect_harness` waits until it answers. Stopped with PostgreSQL at the end.
+    and `prefect_harness` waits until it answers. Stopped with PostgreSQL at the end. The
+    thread works from a copy of the environment: pytest changes `os.environ` meanwhile.
     """
 
     def __init__(self) -> None:
@@ -88,21 +89,30 @@ class SessionAPI:
         self.processes = Processes(logs=logs)
         self.port = _free_port()
         self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self._environ: dict[str, str] = {}
         self._thread = threading.Thread(target=self._start, name="session-prefect-api")
+
+    def start(self) -> None:
+        self._environ = dict(os.environ)
         self._thread.start()
 
     def _start(self) -> None:
         from tests.e2e._postgres import start_postgres_stack
 
         try:
-            asyncio.run(start_postgres_stack(self.processes, self.folder, api_port=self.port))
+            asyncio.run(
+                start_postgres_stack(
+                    self.processes, self.folder, api_port=self.port, environ=self._environ
+                )
+            )
         except BaseException as error:  # told to the tests, which fail their set-up with it
             self.failed.write_text(f"{type(error).__name__}: {error}", encoding="utf-8")
 
     def stop(self) -> None:
         from tests.e2e._postgres import stop_postgres_stack
 
-        self._thread.join(SERVER_STARTUP_TIMEOUT + 60)
+        if self._thread.ident is not None:
+            self._thread.join(SERVER_STARTUP_TIMEOUT + 60)
         stop_postgres_stack(self.processes, self.folder)
 
 
@@ -130,6 +140,7 @@ def pytest_configure(config: pytest.Config) -> None:
         from prefect.context import refresh_global_settings_context
 
         refresh_global_settings_context()
+    api.start()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -186,15 +197,27 @@ def _drain_logs_and_events() -> None:
     run_coro_as_sync(drain())
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_api_ready() -> Iterator[None]:
+    """With the run's server (`SessionAPI`), every test waits until it answers: Prefect's
+    settings name it from the start, so a test reaching the API without `prefect_harness`
+    would otherwise meet a server still starting."""
+    folder = os.environ.get(SESSION_API)
+    if not folder:
+        yield
+        return
+    _wait_for_session_api(os.environ["PREFECT_API_URL"], Path(folder))
+    yield
+    _drain_logs_and_events()
+
+
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
     """A Prefect API for the session: the run's server on PostgreSQL when there is one
-    (`SessionAPI`), else Prefect's embedded harness on a temporary SQLite database."""
-    folder = os.environ.get(SESSION_API)
-    if folder:
-        _wait_for_session_api(os.environ["PREFECT_API_URL"], Path(folder))
+    (`SessionAPI`, ready before any test), else Prefect's embedded harness on a temporary
+    SQLite database."""
+    if os.environ.get(SESSION_API):
         yield
-        _drain_logs_and_events()
         return
     from prefect.testing.utilities import prefect_test_harness
 

@@ -18,6 +18,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,9 +111,11 @@ def make_folder() -> Path:
     return Path(tempfile.mkdtemp(prefix="luma-postgres-"))
 
 
-async def start_postgres(processes: Processes, folder: Path) -> tuple[Child, int]:
+async def start_postgres(
+    processes: Processes, folder: Path, environ: Mapping[str, str] | None = None
+) -> tuple[Child, int]:
     """Initialise and start PostgreSQL in `folder` with an empty database `prefect`; the
-    server's process and port, once it accepts connections."""
+    server's process and port, once it accepts connections. `environ`: see `_child_env`."""
     bindir = postgres_bindir()
     assert bindir is not None, why_no_postgres()
     data, sockets = folder / "data", folder / "sockets"
@@ -122,7 +125,7 @@ async def start_postgres(processes: Processes, folder: Path) -> tuple[Child, int
         for path in (folder, sockets):
             os.chown(path, user.pw_uid, user.pw_gid)
     as_postgres = _as_postgres_user()
-    env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+    env = {**(os.environ if environ is None else environ), "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
     initdb = subprocess.run(
         [
             *as_postgres,
@@ -180,14 +183,18 @@ def database_url(port: int) -> str:
 
 
 async def start_postgres_stack(
-    processes: Processes, folder: Path, api_port: int | None = None
+    processes: Processes,
+    folder: Path,
+    api_port: int | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> PostgresStack:
     """Initialise and start PostgreSQL in `folder`, then a Prefect server on it (on
-    `api_port`, else a free port); wait for the server's health."""
-    postgres, port = await start_postgres(processes, folder)
+    `api_port`, else a free port); wait for the server's health. `environ`: see
+    `_child_env`."""
+    postgres, port = await start_postgres(processes, folder, environ)
     home = folder / "prefect-home"
     home.mkdir()
-    server_env = _child_env(home)
+    server_env = _child_env(home, environ)
     server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url(port)
     prefect_cli = command("prefect")
     assert prefect_cli is not None

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -352,11 +352,14 @@ class Stack:
         return "\n".join(child.tail() for child in self.processes.children)
 
 
-def _child_env(home: Path) -> dict[str, str]:
-    """The environment of every child: ours, minus any Prefect or relay setting inherited."""
+def _child_env(home: Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of every child: ours (or `environ`, a copy taken by a thread that
+    must not iterate `os.environ` while pytest changes it), minus any Prefect or relay
+    setting inherited."""
+    environ = os.environ if environ is None else environ
     env = {
         key: value
-        for key, value in os.environ.items()
+        for key, value in environ.items()
         if not key.startswith(("PREFECT_", "LUMA_RELAY_", "LUMA_PREFECT_"))
     }
     env.update(
@@ -370,8 +373,8 @@ def _child_env(home: Path) -> dict[str, str]:
     )
     # The session's one-certificate CA for Prefect's clients (see tests/conftest.py): this
     # API is http on loopback too, and the chaos runs alone make hundreds of clients.
-    if "PREFECT_API_SSL_CERT_FILE" in os.environ:
-        env["PREFECT_API_SSL_CERT_FILE"] = os.environ["PREFECT_API_SSL_CERT_FILE"]
+    if "PREFECT_API_SSL_CERT_FILE" in environ:
+        env["PREFECT_API_SSL_CERT_FILE"] = environ["PREFECT_API_SSL_CERT_FILE"]
     return env
 
 
@@ -379,7 +382,8 @@ async def _wait_for_health(api_url: str, server: Child, report: Callable[[], str
     async def healthy() -> bool:
         assert server.popen.poll() is None, f"the Prefect server exited\n{report()}"
         try:
-            async with httpx.AsyncClient(timeout=5) as http:
+            # trust_env=False: loopback needs no proxy, and reading one iterates os.environ.
+            async with httpx.AsyncClient(timeout=5, trust_env=False) as http:
                 response = await http.get(f"{api_url}/health")
             return response.status_code == 200
         except httpx.HTTPError:

@@ -58,9 +58,9 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
     finally:
         try:
             processes.stop_all()
+        finally:
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
-        finally:
             leftovers = processes.ours()
             for proc in leftovers:
                 with contextlib.suppress(psutil.NoSuchProcess):
