@@ -74,8 +74,9 @@ class SessionAPI:
 
     Started by the process that runs pytest (the xdist controller) in a thread, while the
     workers start: PREFECT_API_URL names it from the beginning (its port is chosen first),
-    and `prefect_harness` waits until it answers. Stopped with PostgreSQL at the end. The
-    thread works from a copy of the environment: pytest changes `os.environ` meanwhile.
+    and each process's first test waits until it answers (`_session_api_ready`). Stopped
+    with PostgreSQL at the end, its folder and logs removed. The thread works from a copy
+    of the environment: pytest changes `os.environ` meanwhile.
     """
 
     def __init__(self) -> None:
