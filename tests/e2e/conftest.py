@@ -6,7 +6,6 @@ See `_stack.py` for how they start, how tests drive them and how they are stoppe
 from __future__ import annotations
 
 import contextlib
-import shutil
 from collections.abc import AsyncIterator
 
 import psutil
@@ -57,10 +56,11 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         yield await start_stack(processes, tmp, database_url=url)
     finally:
         try:
-            processes.stop_all()
-        finally:
             if folder is not None:
-                shutil.rmtree(folder, ignore_errors=True)
+                stop_postgres_stack(processes, folder)  # and its cluster's folder
+            else:
+                processes.stop_all()
+        finally:
             leftovers = processes.ours()
             for proc in leftovers:
                 with contextlib.suppress(psutil.NoSuchProcess):
