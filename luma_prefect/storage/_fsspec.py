@@ -9,9 +9,11 @@ import inspect
 import logging
 import posixpath
 import tempfile
+import threading
 import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import fsspec
 import fsspec.asyn
@@ -50,6 +52,39 @@ _HASH_BLOCK = 1024 * 1024
 
 _warned: weakref.WeakSet[Any] = weakref.WeakSet()
 
+_T = TypeVar("_T")
+
+
+class _PastDeadline(TimeoutError):
+    """`_within`'s call did not end in time (not a timeout the call raised itself)."""
+
+
+def _within(seconds: float, call: Callable[[], _T]) -> _T:
+    """`call()` in a daemon thread of its own, waited for at most `seconds` (then
+    `_PastDeadline`). For blocking calls to a network store that take no deadline of
+    their own (sftp, smb, ftp, webhdfs, or an async store's sync `open`). A call past its
+    deadline is left to end in its thread, unseen, like a request lost in flight: what it
+    may still do is write a temporary name or a claim that expires, move a whole file, or
+    delete one."""
+    done = threading.Event()
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # handed to the caller's thread below
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="luma-storage-call", daemon=True).start()
+    if not done.wait(seconds):
+        raise _PastDeadline(f"no answer within {seconds:g} s")
+    ok, value = outcome[0]
+    if ok:
+        return value
+    raise value
+
 
 def _protocol(url: str) -> str:
     return url.split("://", 1)[0].lower() if "://" in url else "file"
@@ -83,10 +118,12 @@ class FsspecStorage(Storage):
     otherwise): other machines change the ledger, and a cached listing made s3fs read a
     record another machine had rewritten as expired, or miss a new one.
 
-    Every call to an async filesystem (s3fs, gcsfs, http) has a total deadline:
-    `call_deadline_seconds` for records, listings and deletes, and for an upload the longer
-    of `upload_deadline_floor_seconds` and its size at 512 KiB/s. Past it the call is
-    cancelled and fails as `StorageTimeoutError` (a `TimeoutError`, so an `OSError`).
+    Every call to a network store has a total deadline: `call_deadline_seconds` for
+    records, listings and deletes, and for an upload (or the read that checks a published
+    file) the longer of `upload_deadline_floor_seconds` and its size at 512 KiB/s. Past it
+    the call fails as `StorageTimeoutError` (a `TimeoutError`, so an `OSError`). An async
+    store's call (s3fs, gcsfs) is cancelled; a blocking one (sftp, smb, ftp) is left in a
+    thread of its own. Only local disk and memory are called as they are.
     """
 
     def __init__(self, url: str, **settings: Any) -> None:
@@ -112,18 +149,29 @@ class FsspecStorage(Storage):
         `call_deadline_seconds`), or StorageTimeoutError naming `remote`.
 
         An async filesystem used in sync mode runs its coroutine `_<method>` through
-        `fsspec.asyn.sync`, which cancels it at the deadline. Its plain sync methods take no
-        deadline (they call `sync` without one). A sync filesystem (local disk, memory) is
-        called as it is: it has no network to wait for.
+        `fsspec.asyn.sync`, which cancels it at the deadline (its plain sync methods call
+        `sync` without one). Any other store's method runs in a thread of its own
+        (`_blocking`). Local disk and memory are called as they are: no network to wait for.
         """
         coroutine = self._coroutine(f"_{method}")
-        if coroutine is None:
-            return getattr(self.fs, method)(*args, **kwargs)
         seconds = self.call_deadline_seconds if timeout is None else timeout
+        if coroutine is None:
+            function = getattr(self.fs, method)
+            return self._blocking(method, remote, seconds, lambda: function(*args, **kwargs))
         try:
             return fsspec.asyn.sync(self.fs.loop, coroutine, *args, timeout=seconds, **kwargs)
         except TimeoutError as exc:  # fsspec's FSTimeoutError, past the deadline
             raise StorageTimeoutError(method, self.fs.unstrip_protocol(remote), seconds) from exc
+
+    def _blocking(self, call: str, remote: str, seconds: float, function: Callable[[], _T]) -> _T:
+        """`function()`, a blocking call to this store about `remote`, within `seconds`
+        (`_within`) unless the store is local disk or memory; else StorageTimeoutError."""
+        if self.protocol in _PRIVATE:
+            return function()
+        try:
+            return _within(seconds, function)
+        except _PastDeadline as exc:
+            raise StorageTimeoutError(call, self.fs.unstrip_protocol(remote), seconds) from exc
 
     def _coroutine(self, name: str) -> Any:
         """The filesystem's coroutine method `name` if it is async and used in sync mode."""
@@ -175,9 +223,11 @@ class FsspecStorage(Storage):
         if size is None:
             return None
         path = self._full(relpath)
-        if self._coroutine("open_async") is None:
-            return super().sha256(relpath)
         seconds = self._upload_deadline(size)
+        if self._coroutine("open_async") is None:
+            return self._blocking(
+                "read", path, seconds, lambda: super(FsspecStorage, self).sha256(relpath)
+            )
         try:
             return str(
                 fsspec.asyn.sync(self.fs.loop, _stream_sha256, self.fs, path, timeout=seconds)
@@ -185,7 +235,9 @@ class FsspecStorage(Storage):
         except FileNotFoundError:
             return None
         except NotImplementedError:  # no `open_async` on this filesystem
-            return super().sha256(relpath)
+            return self._blocking(
+                "read", path, seconds, lambda: super(FsspecStorage, self).sha256(relpath)
+            )
         except TimeoutError as exc:
             where = self.fs.unstrip_protocol(path)
             raise StorageTimeoutError("read", where, seconds) from exc
@@ -215,9 +267,13 @@ class FsspecStorage(Storage):
         if self.protocol in _OBJECT_STORES:
             return self._put_if_absent(final, data)
         self._makedirs(final)
-        try:
+
+        def create() -> None:
             with self.fs.open(final, "xb") as file:
                 file.write(data)
+
+        try:
+            self._blocking("create", final, self.call_deadline_seconds, create)
         except FileExistsError:
             return False
         except (ValueError, NotImplementedError, TypeError):
@@ -322,4 +378,5 @@ class FsspecStorage(Storage):
         if self._coroutine("_mv_file") is not None:
             self._call("mv_file", source, target, remote=source, timeout=timeout)
         else:
-            self.fs.mv(source, target)
+            seconds = self.call_deadline_seconds if timeout is None else timeout
+            self._blocking("mv", source, seconds, lambda: self.fs.mv(source, target))

@@ -1,7 +1,8 @@
-"""Every call of `FsspecStorage` to an async store has a total deadline.
+"""Every call of `FsspecStorage` to a network store has a total deadline.
 
 A fake async store (a dict) stands in for a silent S3 endpoint: the calls it is told to
 keep quiet await an event nobody sets, as a store that took the request and never answers.
+A fake blocking store (fsspec's memory store, as sftp or smb would be) blocks the same way.
 Each storage call runs in a daemon thread given `BOUND` seconds: without a deadline the
 call would hang there forever and the test fails instead of hanging.
 """
@@ -19,6 +20,7 @@ from typing import Any
 import fsspec
 import pytest
 from fsspec.asyn import AsyncFileSystem
+from fsspec.implementations.memory import MemoryFileSystem
 
 from luma_prefect import LumaDownloadError
 from luma_prefect.storage import FsspecStorage
@@ -211,3 +213,115 @@ def test_a_file_is_hashed_in_one_streamed_read(storage: FsspecStorage) -> None:
     storage.write_bytes("gen-1/video.mp4", body)
     assert storage.sha256("gen-1/video.mp4") == hashlib.sha256(body).hexdigest()
     assert storage.sha256("gen-1/missing.mp4") is None
+
+
+class _SilentSyncStore(MemoryFileSystem):
+    """A blocking store in memory, as sftp, smb or ftp are (no coroutines, no deadline of
+    its own); the methods named in `silent` block until `released`."""
+
+    protocol = "luma-silent-sync"
+    cachable = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, global_store=False, **kwargs)
+        self.silent: set[str] = set()
+        self.released = threading.Event()
+
+    @classmethod
+    def _strip_protocol(cls, path: Any) -> Any:
+        return super()._strip_protocol(str(path).removeprefix(f"{cls.protocol}://"))
+
+    def _answer(self, method: str) -> None:
+        if method in self.silent:
+            self.released.wait()
+
+    def pipe_file(self, path: Any, value: Any, mode: str = "overwrite", **kwargs: Any) -> Any:
+        self._answer("pipe_file")
+        return super().pipe_file(path, value, mode=mode, **kwargs)
+
+    def put_file(self, lpath: Any, rpath: Any, *args: Any, **kwargs: Any) -> Any:
+        self._answer("put_file")
+        return super().put_file(lpath, rpath, *args, **kwargs)
+
+    def cat_file(self, path: Any, *args: Any, **kwargs: Any) -> Any:
+        self._answer("cat_file")
+        return super().cat_file(path, *args, **kwargs)
+
+    def info(self, path: Any, **kwargs: Any) -> Any:
+        self._answer("info")
+        return super().info(path, **kwargs)
+
+    def find(self, path: Any, *args: Any, **kwargs: Any) -> Any:
+        self._answer("find")
+        return super().find(path, *args, **kwargs)
+
+    def rm_file(self, path: Any) -> Any:
+        self._answer("rm_file")
+        return super().rm_file(path)
+
+    def mv(self, path1: Any, path2: Any, *args: Any, **kwargs: Any) -> Any:
+        self._answer("mv")
+        return super().mv(path1, path2, *args, **kwargs)
+
+    def _open(self, path: Any, mode: str = "rb", *args: Any, **kwargs: Any) -> Any:
+        self._answer("open")
+        return super()._open(path, mode, *args, **kwargs)
+
+
+@pytest.fixture
+def blocking() -> Iterator[FsspecStorage]:
+    fsspec.register_implementation(_SilentSyncStore.protocol, _SilentSyncStore, clobber=True)
+    made = FsspecStorage(f"{_SilentSyncStore.protocol}://share/{uuid.uuid4().hex}", secret=SECRET)
+    made.call_deadline_seconds = DEADLINE
+    made.upload_deadline_floor_seconds = DEADLINE
+    yield made
+    made.fs.released.set()  # the calls left behind end with the test
+
+
+def test_a_blocking_store_works_through_its_deadlines(blocking: FsspecStorage) -> None:
+    body = b"video bytes " * 100
+    assert outcome(lambda: blocking.write_bytes("gen-1/record.json", b"{}")) is not None
+    assert outcome(lambda: blocking.create_exclusive("gen-1/claim.json", b"1")) is True
+    assert outcome(lambda: blocking.create_exclusive("gen-1/claim.json", b"2")) is False
+    part = _staged(blocking, body)
+    assert outcome(lambda: part.commit("gen-1/video.mp4")) == blocking.uri("gen-1/video.mp4")
+
+    assert blocking.read_bytes("gen-1/claim.json") == b"1"
+    assert blocking.sha256("gen-1/video.mp4") == hashlib.sha256(body).hexdigest()
+    assert blocking.list("gen-1") == ["gen-1/claim.json", "gen-1/record.json", "gen-1/video.mp4"]
+    assert blocking.delete("gen-1/claim.json") is True
+    assert blocking.size("gen-1/claim.json") is None
+
+
+@pytest.mark.parametrize(
+    ("silent", "call", "says"),
+    [
+        ("pipe_file", lambda s: s.write_bytes("gen-1/manifest.json", b"{}"), "pipe_file"),
+        ("mv", lambda s: s.write_bytes("gen-1/manifest.json", b"{}"), "mv"),
+        ("open", lambda s: s.create_exclusive("gen-1/claim.json", b"1"), "create"),
+        ("cat_file", lambda s: s.read_bytes("gen-1/record.json"), "cat_file"),
+        ("info", lambda s: s.size("gen-1/record.json"), "info"),
+        ("find", lambda s: s.list("gen-1"), "find"),
+        ("rm_file", lambda s: s.delete("gen-1/record.json"), "rm_file"),
+        ("open", lambda s: s.sha256("gen-1/record.json"), "read"),
+        ("put_file", lambda s: _staged(s, b"video").commit("gen-1/video.mp4"), "put_file"),
+    ],
+)
+def test_a_blocking_store_fails_calls_at_their_deadline(
+    blocking: FsspecStorage, silent: str, call: Callable[[FsspecStorage], object], says: str
+) -> None:
+    blocking.write_bytes("gen-1/record.json", b"{}")
+    blocking.fs.silent.add(silent)
+
+    error = outcome(lambda: call(blocking))
+
+    # A write fails as the delivery's error (kept parts, what to do), caused by the timeout.
+    timeout = error if isinstance(error, StorageTimeoutError) else error.__cause__
+    assert isinstance(timeout, StorageTimeoutError), error
+    assert timeout.call == says and timeout.seconds == DEADLINE
+    message = str(error)
+    assert f"did not answer within {DEADLINE:g} s" in message
+    assert "luma-silent-sync://" in message and blocking.root.rsplit("/", 1)[1] in message
+    assert "\n" not in message and SECRET not in message
+    blocking.fs.silent.clear()
+    assert blocking.read_bytes("gen-1/record.json") == b"{}"
