@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -224,7 +225,7 @@ async def create_summary_artifact(
     lines = [f"# Luma generation {_md(generation.id)}", ""]
     if generation.prompt:
         lines += [f"> {_md(generation.prompt)}", ""]
-    image, note = _thumbnail(downloaded, storage)
+    image, note = await asyncio.to_thread(_thumbnail, downloaded, storage)  # reads it back
     if image:
         lines += [image, ""]
     lines += ["| file | where | bytes | sha256 |", "|---|---|---:|---|"]

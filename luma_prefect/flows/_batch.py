@@ -138,7 +138,7 @@ async def generate_one(
                 else:
                     generation = _settled(await feed.add(generation_id, options.timeout_seconds))
             except LumaError as exc:
-                return _ended(ledger, generation_id, exc)
+                return await _ended(ledger, generation_id, exc)
             return await deliver(
                 block,
                 generation,
@@ -286,7 +286,7 @@ async def collect(
             try:
                 generation = _settled(await settling[generation_id])
             except LumaError as exc:
-                outcome = _ended(ledger, generation_id, exc)
+                outcome = await _ended(ledger, generation_id, exc)
             except Exception as exc:  # the wait broke as a whole: a backstop, a bug
                 outcome = failed_outcome(generation_id, None, exc)
             else:
@@ -317,7 +317,7 @@ async def collect(
     return [outcomes[i] for i in dict.fromkeys(generation_ids)]
 
 
-def _ended(ledger: Ledger, generation_id: str, error: LumaError) -> GenerationOutcome:
+async def _ended(ledger: Ledger, generation_id: str, error: LumaError) -> GenerationOutcome:
     """The outcome of a generation whose wait ended without a generation to deliver."""
     generation = getattr(error, "generation", None)
     if isinstance(error, LumaGenerationFailed):
@@ -332,7 +332,7 @@ def _ended(ledger: Ledger, generation_id: str, error: LumaError) -> GenerationOu
     get_run_logger().error("Generation %s: %s", generation_id, error)
     try:
         if isinstance(error, LumaGenerationFailed):
-            ledger.mark(generation_id, "failed", error=str(error))
+            await asyncio.to_thread(ledger.mark, generation_id, "failed", error=str(error))
     except (LumaError, OSError) as exc:
         get_run_logger().error("Could not mark %s failed in the ledger: %s", generation_id, exc)
     return GenerationOutcome(
@@ -380,7 +380,8 @@ async def report_batch(
             else "",
             "error": o.error or "",
         }
-        row.update(_times(ledger, o.generation_id))
+        # In a worker thread: one ledger read per generation (on S3, a request each).
+        row.update(await asyncio.to_thread(_times, ledger, o.generation_id))
         rows.append(row)
     failed = [o for o in outcomes if not o.ok]
     if failed:

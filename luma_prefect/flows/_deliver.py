@@ -3,6 +3,7 @@
 The claim is a lease renewed while its holder works; a holder silent past it is taken
 over and stops before it publishes. The download and the publish run as one task run
 (`deliver_generation`). `left_behind` judges, by liveness, which records a sweep may finish.
+Ledger calls run in a worker thread, as in `_submit`: never on the event loop.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ async def deliver(
         if lease is None:
             lease = await take_claim(ledger, generation.id, this_holder())
         if lease is None:
-            holder = ledger.claim_owner(generation.id)
+            holder = await asyncio.to_thread(ledger.claim_owner, generation.id)
             message = (
                 f"Generation {generation.id} is being published by flow run {holder} right "
                 f"now; its files and manifest.json will be in {generation.id}/ of the "
@@ -161,7 +162,7 @@ async def deliver_generation(
     runs of their own: one task run per delivery (#12), Failed with the reason if it fails.
     """
     logger = get_run_logger()
-    record = ledger.get(generation.id)
+    record = await asyncio.to_thread(ledger.get, generation.id)
     if skip_published and record is not None and record.status == "published":
         logger.info("Generation %s was already published; skipping it.", generation.id)
         return GenerationOutcome(
@@ -169,7 +170,7 @@ async def deliver_generation(
         )
     # No event of its own for "completed": the `published` (or `failed`) event that follows
     # carries the time, and a third event per generation nobody acts on cost 1 of 8 (#12).
-    record = ledger.mark(generation.id, "completed") or record
+    record = await asyncio.to_thread(ledger.mark, generation.id, "completed") or record
     storage = storage_for(destination)
     tag = hashlib.sha256(lease.owner.encode()).hexdigest()[:12]
     # Parts of earlier holders (killed mid-download) are never resumed by anyone else.
@@ -183,7 +184,7 @@ async def deliver_generation(
             part_tag=tag,
             progress_after_seconds=BATCH_DOWNLOAD_PROGRESS_AFTER_SECONDS if in_batch else 0.0,
         )
-        ledger.mark(generation.id, "downloaded")
+        await asyncio.to_thread(ledger.mark, generation.id, "downloaded")
         await _check_held(ledger, lease)
         published, states = await publish_files(
             downloaded,
@@ -217,7 +218,7 @@ async def deliver_generation(
             retryable=True,
         )
     await _check_held(ledger, lease)
-    ledger.mark(generation.id, "published")
+    await asyncio.to_thread(ledger.mark, generation.id, "published")
     # Only now: an automation acting on it finds the files its manifest describes.
     published = announce_published(published, states, downloaded_too=True)
     # Ours are all committed; any other is a late write of a holder taken over meanwhile.
@@ -322,10 +323,12 @@ async def _claim(ledger: Ledger, generation_id: str, owner: str) -> Lease | None
     lease = await asyncio.to_thread(ledger.claim, generation_id, owner, stale_after=LEASE)
     if lease is not None:
         return lease
-    holder = ledger.claim_owner(generation_id)
+    holder = await asyncio.to_thread(ledger.claim_owner, generation_id)
     if holder and holder != owner and await flow_run_finished(holder):
         # Its holder's flow run ended (crashed, cancelled...) without releasing it.
-        return ledger.claim(generation_id, owner, stale_after=LEASE, force=True)
+        return await asyncio.to_thread(
+            ledger.claim, generation_id, owner, stale_after=LEASE, force=True
+        )
     return None
 
 
@@ -368,7 +371,7 @@ async def left_behind(ledger: Ledger, record: LedgerRecord) -> bool:
     for a whole lease (a worker killed without anyone marking its flow run Crashed).
     """
     try:
-        if ledger.claim_live(record.generation_id):
+        if await asyncio.to_thread(ledger.claim_live, record.generation_id):
             return False
     except (OSError, LumaError) as exc:
         # Unknown: leave it to the next sweep rather than risk two holders.
@@ -378,7 +381,9 @@ async def left_behind(ledger: Ledger, record: LedgerRecord) -> bool:
         return False
     if not record.flow_run_id or await flow_run_finished(record.flow_run_id):
         return True
-    if ledger.claim_abandoned(record.generation_id) or record.holder_gone():
+    if await asyncio.to_thread(ledger.claim_abandoned, record.generation_id):
+        return True
+    if record.holder_gone():
         return True
     # Its run looks alive but holds no live claim: give it one lease to take it (the
     # moment between recording the submit and claiming), then it is left behind.

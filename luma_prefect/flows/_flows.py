@@ -283,7 +283,7 @@ async def collect_pending(
     ledger = Ledger(storage_for(destination))
     # First the submits whose outcome is unknown: resolved ones join the records below.
     await settle_in_doubt(block, ledger, destination)
-    records = ledger.unfinished()
+    records = await asyncio.to_thread(ledger.unfinished)
     pending = [r for r in records if await left_behind(ledger, r)]
     if len(pending) < len(records):
         logger.info(

@@ -5,10 +5,15 @@ before the POST. A submit is "not created" only when the answer proves it; any o
 end leaves it in doubt: never re-sent, resolved where it can be (`settle_in_doubt`, from
 Prefect's persisted result or the relay's recent list), else reported with the command
 that resolves it.
+
+Ledger calls run in a worker thread (`asyncio.to_thread`): on S3 each is a request of up to
+its 60 s deadline, and on the event loop it would hold every other generation's polls and
+downloads meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -94,7 +99,7 @@ async def submit_once(
     key = Ledger.submit_key(scope, relay_of(block), request)
     persisted_at = result_key(submit_generation.name, key)
     async with identity_lock(key):
-        intent = ledger.submission(key)
+        intent = await asyncio.to_thread(ledger.submission, key)
         if intent is not None and intent.generation_id:
             _say_reused(intent.generation_id, scope)
             return intent.generation_id
@@ -107,7 +112,7 @@ async def submit_once(
                     f"twice). {resolve_advice(key, destination, block)}",
                     generation_id=None,
                 )
-            _resolve(
+            await _resolve(
                 ledger,
                 key,
                 generation,
@@ -120,7 +125,8 @@ async def submit_once(
                 generation.id,
             )
             return generation.id
-        began = ledger.begin_submission(
+        began = await asyncio.to_thread(
+            ledger.begin_submission,
             key,
             flow_run_id,
             request=request,
@@ -146,16 +152,19 @@ async def submit_once(
         except LumaSubmitUncertainError as exc:
             # The intent stays: never re-sent automatically, reported by every sweep.
             with contextlib.suppress(LumaError, OSError):
-                ledger.submission_uncertain(key, str(exc))
-            emit_in_doubt(ledger.submission(key) or SubmitIntent(key=key), str(exc))
+                await asyncio.to_thread(ledger.submission_uncertain, key, str(exc))
+            intent = await asyncio.to_thread(ledger.submission, key)
+            emit_in_doubt(intent or SubmitIntent(key=key), str(exc))
             raise LumaSubmitUncertainError(
                 f"{exc} {resolve_advice(key, destination, block)}", generation_id=None
             ) from exc
         except LumaError:
-            ledger.abandon_submission(key)  # refused before acceptance: nothing was created
+            # Refused before acceptance: nothing was created.
+            await asyncio.to_thread(ledger.abandon_submission, key)
             raise
         try:
-            ledger.record_submitted(
+            await asyncio.to_thread(
+                ledger.record_submitted,
                 generation,
                 key=key,
                 request=request,
@@ -195,7 +204,7 @@ def _say_reused(generation_id: str, scope: str) -> None:
     )
 
 
-def _resolve(
+async def _resolve(
     ledger: Ledger,
     key: str,
     generation: Generation,
@@ -204,7 +213,9 @@ def _resolve(
     flow_run_id: str | None = None,
 ) -> None:
     try:
-        ledger.resolve_submission(key, generation, how, flow_run_id=flow_run_id)
+        await asyncio.to_thread(
+            ledger.resolve_submission, key, generation, how, flow_run_id=flow_run_id
+        )
     except (OSError, LumaError) as exc:
         get_run_logger().error(
             "Could not record generation %s in the ledger (%s); `luma-prefect collect %s` "
@@ -277,7 +288,7 @@ async def settle_in_doubt(
     logger = get_run_logger()
     left: list[SubmitIntent] = []
     busy = 0
-    for intent in ledger.in_doubt():
+    for intent in await asyncio.to_thread(ledger.in_doubt):
         if intent.relay_base_url not in (None, public_url(block.base_url)):
             continue
         if not await _intent_left_behind(intent):
@@ -291,7 +302,7 @@ async def settle_in_doubt(
             generation = await _found_on_relay(block, ledger, intent)
             how = "the relay's list of recent generations"
         if generation is not None:
-            _resolve(ledger, intent.key, generation, how)
+            await _resolve(ledger, intent.key, generation, how)
             logger.warning(
                 "Submit %s was in doubt: resolved as generation %s, from %s.",
                 intent.key,
@@ -348,7 +359,7 @@ async def _found_on_relay(
         get_run_logger().warning("Could not list the relay's recent generations: %s", exc)
         return None
     request = GenerationRequest.model_validate(intent.request)
-    known = set(ledger.known_generation_ids())
+    known = set(await asyncio.to_thread(ledger.known_generation_ids))
     candidates = [
         g for g in recent if g.id not in known and _same_request(g, request) and _near(g, started)
     ]

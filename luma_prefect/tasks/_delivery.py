@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -224,8 +225,9 @@ async def publish_files(
     generation = downloaded.generation
     storage = storage_for(downloaded.destination if destination is None else destination)
     manifest = build_manifest(downloaded, request=request, timeline=timeline)
-    manifest_path = storage.write_bytes(
-        f"{generation.id}/{MANIFEST_NAME}", manifest_bytes(manifest)
+    # In a worker thread, as every storage call of the flows: never on the event loop.
+    manifest_path = await asyncio.to_thread(
+        storage.write_bytes, f"{generation.id}/{MANIFEST_NAME}", manifest_bytes(manifest)
     )
     keys: list[str] = []
     if create_artifacts:
