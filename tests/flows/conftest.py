@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from prefect.context import FlowRunContext
 from prefect.events.clients import AssertingEventsClient
 from prefect.events.worker import EventsWorker
 
 import luma_prefect.tasks._common
 from luma_prefect.simulator import RelaySimulator
 from luma_prefect.simulator.pytest_plugin import FakeClock
+from luma_prefect.storage._local import LocalStorage
 
 
 @pytest.fixture
@@ -59,3 +62,33 @@ def events(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], list[Any]]]
     yield read
     worker.drain()
     AssertingEventsClient.reset()
+
+
+@pytest.fixture
+def storage_on_loop(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The local storage's I/O calls a flow run made on its event loop, by method name.
+
+    None should be: the ledger, manifests and checks live in the destination, and on S3
+    each call is a request of up to its 60 s deadline, holding every other generation's
+    polls and downloads if made on the loop. (The test's own reads, outside any flow run,
+    are not counted.)
+    """
+    seen: list[str] = []
+
+    def watched(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:  # a worker thread: no loop held
+                pass
+            else:
+                if FlowRunContext.get() is not None:
+                    seen.append(name)
+            return method(*args, **kwargs)
+
+        return call
+
+    for name in ("size", "open_read", "write_bytes", "create_exclusive", "delete", "list", "parts"):
+        monkeypatch.setattr(LocalStorage, name, watched(name, getattr(LocalStorage, name)))
+    return seen

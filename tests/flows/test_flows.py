@@ -52,7 +52,10 @@ def _sha256(path: Path) -> str:
 
 
 async def test_generate_video_leaves_files_manifest_artifact_and_events(
-    sim: RelaySimulator, tmp_path: Path, events: Callable[[], list[Any]]
+    sim: RelaySimulator,
+    tmp_path: Path,
+    events: Callable[[], list[Any]],
+    storage_on_loop: list[str],
 ) -> None:
     state = await generate_video(
         prompt="a red fox in the snow",
@@ -62,6 +65,7 @@ async def test_generate_video_leaves_files_manifest_artifact_and_events(
         **FAST,
     )
     published = await state.result()  # type: ignore[misc]
+    assert storage_on_loop == []
 
     folder = tmp_path / published.generation_id
     names = sorted(p.name for p in folder.iterdir())
@@ -132,7 +136,7 @@ async def test_a_failed_generation_fails_the_flow_and_emits_failed(
 
 
 async def test_a_timed_out_generation_stays_in_the_ledger_and_collect_pending_finishes_it(
-    sim: RelaySimulator, tmp_path: Path
+    sim: RelaySimulator, tmp_path: Path, storage_on_loop: list[str]
 ) -> None:
     with pytest.raises(LumaError, match="did not reach completed"):
         await generate_video(
@@ -154,6 +158,7 @@ async def test_a_timed_out_generation_stays_in_the_ledger_and_collect_pending_fi
     assert (tmp_path / pending.generation_id / "video.mp4").exists()
     assert ledger.unfinished() == []
     assert sim.counters().submits_accepted == 1  # finished, never paid again
+    assert storage_on_loop == []
 
 
 async def test_an_interrupted_download_resumes_with_range(
@@ -252,7 +257,9 @@ async def test_remote_filesystem_destination(sim: RelaySimulator) -> None:
     assert hashlib.sha256(video).hexdigest() == manifest["assets"]["video"]["sha256"]
 
 
-async def test_generate_videos_runs_many_bounded(sim: RelaySimulator, tmp_path: Path) -> None:
+async def test_generate_videos_runs_many_bounded(
+    sim: RelaySimulator, tmp_path: Path, storage_on_loop: list[str]
+) -> None:
     requests = [GenerationRequest(prompt=f"clip {i}") for i in range(3)]
 
     outcomes = await generate_videos(
@@ -266,6 +273,7 @@ async def test_generate_videos_runs_many_bounded(sim: RelaySimulator, tmp_path: 
     assert [o.status for o in outcomes] == ["published"] * 3
     assert sim.counters().submits_accepted == 3
     assert len({o.generation_id for o in outcomes}) == 3
+    assert storage_on_loop == []
 
 
 async def test_a_retried_run_never_pays_again_after_a_submit_that_broke_off(

@@ -109,12 +109,18 @@ class _Reader:
         pass
 
 
-@pytest.fixture
-def storage() -> Iterator[FsspecStorage]:
-    fsspec.register_implementation(_SilentStore.protocol, _SilentStore, clobber=True)
-    made = FsspecStorage(f"luma-silent://bucket/{uuid.uuid4().hex}", secret=SECRET)
+def _on(store: type[Any], root: str) -> FsspecStorage:
+    """A storage on a fake store (registered for its protocol), its deadlines `DEADLINE`."""
+    fsspec.register_implementation(store.protocol, store, clobber=True)
+    made = FsspecStorage(f"{store.protocol}://{root}/{uuid.uuid4().hex}", secret=SECRET)
     made.call_deadline_seconds = DEADLINE
     made.upload_deadline_floor_seconds = DEADLINE
+    return made
+
+
+@pytest.fixture
+def storage() -> Iterator[FsspecStorage]:
+    made = _on(_SilentStore, "bucket")
     yield made
     made.fs.silent.clear()
 
@@ -270,10 +276,7 @@ class _SilentSyncStore(MemoryFileSystem):
 
 @pytest.fixture
 def blocking() -> Iterator[FsspecStorage]:
-    fsspec.register_implementation(_SilentSyncStore.protocol, _SilentSyncStore, clobber=True)
-    made = FsspecStorage(f"{_SilentSyncStore.protocol}://share/{uuid.uuid4().hex}", secret=SECRET)
-    made.call_deadline_seconds = DEADLINE
-    made.upload_deadline_floor_seconds = DEADLINE
+    made = _on(_SilentSyncStore, "share")
     yield made
     made.fs.released.set()  # the calls left behind end with the test
 
