@@ -127,6 +127,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # first use (`prefect_harness`).
     if hasattr(config, "workerinput") or os.environ.get("PREFECT_API_URL"):
         return
+    if config.option.collectonly:  # no test runs: no server (it cost 5 s and 10 CPU-s)
+        return
     if os.environ.get("LUMA_TESTS_PREFECT_SERVER", "postgres") == "harness":
         return
     from tests.e2e._postgres import why_no_postgres
