@@ -167,7 +167,9 @@ def _wait_for_session_api(api_url: str, folder: Path) -> None:
                 f"{failed.read_text(encoding='utf-8')} (logs in {folder / 'logs'})"
             )
         try:
-            if httpx.get(f"{api_url}/health", timeout=5).status_code == 200:
+            # trust_env=False: loopback needs no proxy (one set for the machine would
+            # otherwise get this probe and never answer it), as in `_wait_for_health`.
+            if httpx.get(f"{api_url}/health", timeout=5, trust_env=False).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
