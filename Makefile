@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_wait.py
 	$(BIN)/python bench/bench_download.py
 	$(BIN)/python bench/bench_scale.py
+	$(BIN)/python bench/bench_deliveries.py
 
 clean:
 	rm -rf $(VENV) luma-output .pytest_cache ui-check

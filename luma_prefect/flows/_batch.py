@@ -47,7 +47,7 @@ from luma_prefect.tasks import wait_for_generation
 from luma_prefect.tasks._common import (
     WAIT_BACKSTOP_MARGIN_SECONDS,
     Destination,
-    shared_relay_clients,
+    shared_clients,
 )
 from luma_prefect.tasks._throttle import relay_slots
 from luma_prefect.tasks._waiting import follow_generations_task
@@ -182,9 +182,9 @@ async def generate_many(
     if not requests:
         return []
     # The batch's relay requests share slots of the relay's limit (`relay_slots`), and
-    # its tasks one relay client (`shared_relay_clients`): a client per task run cost ~3 %
+    # its tasks one relay client (`shared_clients`): a client per task run cost ~3 %
     # of the batch's CPU (500 generations, profiled), and its reads a connection each.
-    async with relay_slots(block.base_url), shared_relay_clients():
+    async with relay_slots(block.base_url), shared_clients():
         feed = WaitFeed()
         waiter = asyncio.create_task(_follow(block, feed, options, len(requests)))
         gate = asyncio.Semaphore(max_concurrent)
@@ -274,7 +274,7 @@ async def collect(
         return [outcomes[i] for i in dict.fromkeys(generation_ids)]
     # The batch's relay requests share slots of the relay's limit, its tasks one relay
     # client (see generate_many).
-    async with relay_slots(block.base_url), shared_relay_clients():
+    async with relay_slots(block.base_url), shared_clients():
         feed = WaitFeed()
         # One deadline for the whole batch: every id joins now.
         settling = {i: feed.add(i, options.timeout_seconds) for i in remaining}

@@ -167,7 +167,7 @@ class LumaClient:
         self._sleep: Sleep = sleep or asyncio.sleep
         self._gate: RequestGate = request_gate or contextlib.nullcontext
         # Requests beyond the pool's connections wait here, before their deadline starts:
-        # tasks sharing a client (`shared_relay_clients`) never time out in httpx's pool,
+        # tasks sharing a client (`shared_clients`) never time out in httpx's pool,
         # where a paid submit's timeout would leave it in doubt without it being sent.
         self._connections = asyncio.Semaphore(max_connections)
         self._rng = rng or random.Random()

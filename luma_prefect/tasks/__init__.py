@@ -19,7 +19,7 @@ Retries and time limits, in Prefect terms:
 from luma_prefect.tasks._common import (
     resolve_credentials,
     retry_on_transient_errors,
-    shared_relay_clients,
+    shared_clients,
 )
 from luma_prefect.tasks._delivery import download_generation, publish_generation
 from luma_prefect.tasks._generations import (
@@ -38,7 +38,7 @@ __all__ = [
     "publish_generation",
     "resolve_credentials",
     "retry_on_transient_errors",
-    "shared_relay_clients",
+    "shared_clients",
     "submit_generation",
     "wait_for_generation",
     "wait_for_generations",

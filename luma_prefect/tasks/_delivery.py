@@ -35,6 +35,7 @@ from luma_prefect.tasks._common import (
     READ_OPTIONS,
     CredentialsInput,
     Destination,
+    media_client_for,
     relay_client,
     resolve_credentials,
 )
@@ -123,7 +124,7 @@ async def fetch_files(
     storage = storage_for(destination)
     async with (
         relay_client(block) as client,
-        block.get_media_client(max_concurrent_downloads) as http,
+        media_client_for(block, max_concurrent_downloads) as http,
     ):
         if not isinstance(generation, Generation):
             generation = (

@@ -1,5 +1,6 @@
-"""One relay client per credentials inside `shared_relay_clients` (#12, point 1), and a
-client shared by many callers that never lets a request time out queued for a connection.
+"""One relay client per credentials, media clients handed on, inside `shared_clients` (#12,
+point 1), and a client shared by many callers that never lets a request time out queued
+for a connection.
 
 Real HTTP to the simulator on loopback.
 """
@@ -9,15 +10,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import httpx
 import pytest
+from prefect import flow
 from prefect.types import SecretDict
 from pydantic import SecretStr
 
 import luma_prefect.relay._client as relay_client_module
 from luma_prefect import GenerationRequest, LumaClient, LumaTransportError, RetryPolicy
 from luma_prefect.simulator import Fault, FaultKind, RelaySimulator
-from luma_prefect.tasks._common import relay_client, shared_relay_clients
+from luma_prefect.tasks import download_generation
+from luma_prefect.tasks._common import media_client_for, relay_client, shared_clients
 
 
 async def _client_of(block: object) -> LumaClient:
@@ -27,7 +32,7 @@ async def _client_of(block: object) -> LumaClient:
 
 async def test_inside_the_block_equal_credentials_share_one_client(sim: RelaySimulator) -> None:
     block = sim.credentials()
-    async with shared_relay_clients():
+    async with shared_clients():
         first = await _client_of(block)
         # Prefect hands tasks copies of their parameters: an equal copy is the same relay.
         assert await _client_of(block.model_copy()) is first
@@ -42,7 +47,7 @@ async def test_inside_the_block_equal_credentials_share_one_client(sim: RelaySim
         async with relay_client(block, batch_size=5) as own:
             assert own is not first  # settings of its own: a client of its own
         assert own.is_closed
-        async with shared_relay_clients():  # nested: the outer block's clients
+        async with shared_clients():  # nested: the outer block's clients
             assert await _client_of(block) is first
     assert generation.prompt == "kept alive"
     assert first.is_closed  # closed with the block
@@ -54,7 +59,7 @@ async def test_outside_the_block_or_in_another_event_loop_each_gets_its_own(
     block = sim.credentials()
     alone = await _client_of(block)
     assert alone.is_closed
-    async with shared_relay_clients():
+    async with shared_clients():
         shared = await _client_of(block)
         # A task run by a thread pool runs in another loop (its context copied): an httpx
         # client belongs to one loop, so it gets one of its own.
@@ -71,7 +76,7 @@ async def test_reads_keep_their_connection_alive_paid_submits_never_reuse_one(
     out (an answer lost that way leaves a paid generation in doubt)."""
     block = sim.credentials()
     generation_id = sim.create_generation(prompt="read three times")
-    async with shared_relay_clients():
+    async with shared_clients():
         for _ in range(3):
             async with relay_client(block) as client:
                 await client.get_generation(generation_id)
@@ -115,7 +120,7 @@ async def test_a_task_that_outlives_the_block_gets_a_client_of_its_own(
             await client.get_generation(sim.create_generation(prompt="late"))
             return client
 
-    async with shared_relay_clients():
+    async with shared_clients():
         shared = await _client_of(block)
         task = asyncio.create_task(outliving())
     later.set()
@@ -174,3 +179,58 @@ async def test_a_request_queued_for_a_connection_holds_no_slot_of_the_fleet(
         found = await asyncio.gather(*(client.get_generation(gid) for gid in ids))
     assert [g.prompt for g in found] == ["queued 0", "queued 1", "queued 2"]
     assert most == 1
+
+
+def test_inside_the_block_deliveries_keep_their_media_connection_alive(
+    prefect_harness: None, sim: RelaySimulator, tmp_path: Path
+) -> None:
+    """Two downloads of one file each: in the block, the second comes on the first's
+    connection (no new connection, over https no new handshake, per file); outside, each
+    delivery's client opens and closes its own."""
+    ids = [sim.create_generation(prompt=f"fox {n}", state="completed") for n in range(4)]
+    block = sim.credentials()
+
+    @flow
+    async def fetch(shared: bool, generation_ids: list[str]) -> None:
+        async with shared_clients() if shared else contextlib.nullcontext():
+            for generation_id in generation_ids:
+                await download_generation(block, generation_id, str(tmp_path), assets=["video"])
+
+    asyncio.run(fetch(False, ids[:2]))
+    assert sim.counters().requests["media"] == 2
+    assert sim.counters().reused_connections.get("media", 0) == 0
+    asyncio.run(fetch(True, ids[2:]))
+    assert sim.counters().requests["media"] == 4
+    assert sim.counters().reused_connections.get("media", 0) == 1
+    assert all((tmp_path / gid / "video.mp4").stat().st_size > 0 for gid in ids)
+
+
+async def test_media_clients_are_handed_on_and_all_closed_with_the_block(
+    sim: RelaySimulator,
+) -> None:
+    block = sim.credentials()
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def outliving() -> httpx.AsyncClient:
+        async with media_client_for(block, 3) as http:
+            holding.set()
+            await release.wait()
+            return http
+
+    async with shared_clients():
+        async with media_client_for(block, 3) as first, media_client_for(block, 3) as second:
+            assert second is not first  # both in use at once: two clients
+        async with media_client_for(block, 3) as again:
+            assert again is first  # given back, then handed on (the last given back first)
+        async with media_client_for(block, 2) as other:
+            assert other not in (first, second)  # another connection limit: another client
+        held = asyncio.create_task(outliving())
+        await holding.wait()
+    assert second.is_closed and other.is_closed  # the idle ones, with the block
+    assert not first.is_closed  # still in use (the outliving task borrowed it)
+    release.set()
+    assert await held is first
+    assert first.is_closed  # its holder closed it on leaving: the block had ended
+    async with media_client_for(block, 3) as alone:
+        assert alone not in (first, second)
+    assert alone.is_closed
