@@ -182,8 +182,9 @@ async def generate_many(
     if not requests:
         return []
     # The batch's relay requests share slots of the relay's limit (`relay_slots`), and
-    # its tasks one relay client (`shared_clients`): a client per task run cost ~3 %
-    # of the batch's CPU (500 generations, profiled), and its reads a connection each.
+    # its tasks one relay client and the media clients (`shared_clients`): a relay client
+    # per task run cost ~3 % of the batch's CPU (500 generations, profiled), and its reads
+    # a connection each; a media client per delivery, a connection per file.
     async with relay_slots(block.base_url), shared_clients():
         feed = WaitFeed()
         waiter = asyncio.create_task(_follow(block, feed, options, len(requests)))
@@ -272,8 +273,8 @@ async def collect(
             )
     if not remaining:
         return [outcomes[i] for i in dict.fromkeys(generation_ids)]
-    # The batch's relay requests share slots of the relay's limit, its tasks one relay
-    # client (see generate_many).
+    # The batch's relay requests share slots of the relay's limit, its tasks their
+    # clients (see generate_many).
     async with relay_slots(block.base_url), shared_clients():
         feed = WaitFeed()
         # One deadline for the whole batch: every id joins now.
