@@ -27,7 +27,7 @@ CPU in each of the 8 pairs of the two runs):
       handed on                16.9 ms    2.37 s     30
 
 Over plain http, in `bench_orchestration.py` (500 generations), the difference was lost in
-the run-to-run noise: 49 and 51 ms of CPU per generation handed on, 43 to 54 without.
+the run-to-run noise: 49 and 51 ms of CPU per generation handed on, 43 and 53 without (same run).
 """
 
 from __future__ import annotations
