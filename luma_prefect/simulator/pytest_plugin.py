@@ -42,8 +42,8 @@ __all__ = [
     "luma_clock",
     "luma_simulator",
     "luma_simulator_factory",
-    "luma_simulator_pool",
     "luma_simulator_tls",
+    "luma_simulators",
 ]
 
 #: Timings of the fixtures' simulators: a generation completes in 0.15 s of real time.
@@ -200,8 +200,9 @@ class SimulatorPool:
 
 
 @pytest.fixture(scope="session")
-def luma_simulator_pool() -> Iterator[SimulatorPool]:
-    """The session's `SimulatorPool`, behind `luma_simulator` and `luma_simulator_factory`."""
+def luma_simulators() -> Iterator[SimulatorPool]:
+    """The running simulators kept for the session (a `SimulatorPool`), behind
+    `luma_simulator` and `luma_simulator_factory`."""
     pool = SimulatorPool()
     yield pool
     pool.close()
@@ -233,7 +234,7 @@ def luma_simulator_tls(tmp_path_factory: pytest.TempPathFactory) -> SimulatorTLS
 
 @pytest.fixture
 def luma_simulator_factory(
-    luma_simulator_pool: SimulatorPool,
+    luma_simulators: SimulatorPool,
 ) -> Iterator[Callable[..., LumaSimulator]]:
     """Running simulators from config fields (fast timings unless given), reset for this test.
 
@@ -254,13 +255,13 @@ def luma_simulator_factory(
             config = SimulatorConfig(**{**FAST_TIMINGS, **fields})
         elif fields:
             config = dataclasses.replace(config, **fields)
-        simulator = luma_simulator_pool.acquire(config, tls)
+        simulator = luma_simulators.acquire(config, tls)
         taken.append((simulator, config, tls))
         return simulator
 
     yield make
     for simulator, config, tls in reversed(taken):
-        luma_simulator_pool.release(simulator, config, tls)
+        luma_simulators.release(simulator, config, tls)
 
 
 @pytest.fixture
